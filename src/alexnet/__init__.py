@@ -1,0 +1,22 @@
+"""alexnet: AlexNet (Krizhevsky, Sutskever, Hinton, 2012) from data to deployment."""
+
+from .columns import AlexNetColumns, to_columns, to_grouped
+from .models import AlexNet, ArchSpec, ConvSpec, DataConfig, LocalResponseNorm
+from .registry import UserError, create_model, get_spec, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlexNet",
+    "AlexNetColumns",
+    "ArchSpec",
+    "ConvSpec",
+    "DataConfig",
+    "LocalResponseNorm",
+    "UserError",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "to_columns",
+    "to_grouped",
+]

@@ -1,0 +1,376 @@
+"""AlexNet variants declared as data, one builder, and the paper's building blocks.
+
+Each variant is an :class:`ArchSpec`: a table of conv stages plus the classifier head. One builder
+(:func:`build`) turns any table into an :class:`AlexNet`. A new variant is a new table.
+
+References
+----------
+Krizhevsky, Sutskever, Hinton. "ImageNet Classification with Deep Convolutional Neural Networks",
+NIPS 2012 (the "paper"). Section numbers below refer to it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ArchSpec",
+    "ConvSpec",
+    "DataConfig",
+    "AlexNet",
+    "LocalResponseNorm",
+    "Conv2dSame",
+    "build",
+    "min_input_size",
+    "feature_shapes",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Norm = Literal["none", "lrn", "bn"]
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+class LocalResponseNorm(nn.Module):
+    """Local response normalisation exactly as the paper writes it (section 3.3).
+
+    ``b_i = a_i / (k + alpha * sum_{j in window(i)} a_j^2) ** beta``
+
+    ``alpha`` multiplies the plain sum over the ``size`` neighbouring maps. ``torch.nn.LocalResponseNorm``
+    (like Caffe) divides alpha by ``size``; we pass ``alpha * size`` to it so the paper's constants
+    (k=2, n=5, alpha=1e-4, beta=0.75) mean what the paper means.
+
+    ``groups`` keeps the window inside each group of channels: in the paper's two-GPU network each GPU
+    normalises only over its own kernel maps, so the window never crosses the column boundary.
+    """
+
+    def __init__(
+        self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 1
+    ) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if self.groups > 1:
+            x = x.reshape(n * self.groups, c // self.groups, h, w)
+        y = F.local_response_norm(x, self.size, alpha=self.alpha * self.size, beta=self.beta, k=self.k)
+        return y.reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow/Keras ``padding='same'``: output = ceil(input / stride).
+
+    The padding depends on the input size and is asymmetric when the total is odd (the extra pixel
+    goes at the bottom/right, as in TensorFlow), so it is applied in ``forward``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride, strict=True):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture tables
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvSpec:
+    """One conv stage: conv -> ReLU -> optional norm -> optional overlapping max-pool."""
+
+    name: str
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int | Literal["same"] = 0
+    groups: int = 1
+    norm: Norm = "none"
+    pool: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The model's data contract (like timm's ``pretrained_cfg``): commands read preprocessing here."""
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A whole variant: conv table, head, and the conventions that make it faithful."""
+
+    name: str
+    description: str
+    convs: tuple[ConvSpec, ...]
+    fc: tuple[int, ...] = (4096, 4096)
+    pool_kernel: int = 3  # overlapping pooling z=3, s=2 (section 3.4)
+    pool_stride: int = 2
+    pooled_size: int = 6  # adaptive pool target; identity at the native input size
+    dropout: float = 0.5
+    dropout_before_fc: bool = False  # torchvision: Dropout -> Linear; paper/Caffe: Linear -> ReLU -> Dropout
+    lrn: tuple[int, float, float, float] = (5, 1e-4, 0.75, 2.0)  # size, alpha, beta, k (section 3.3)
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    init: Literal["paper", "caffe", "torch", "keras"] = "torch"
+    torchvision_keys: bool = False  # integer Sequential indices, exactly torchvision's state_dict
+    columns: int = 1  # the paper's two-GPU split (section 3.2); groups=2 layers follow it
+    data: DataConfig = field(default_factory=lambda: DataConfig(224, 256))
+
+
+_POOL = True
+
+ALEXNET2012 = ArchSpec(
+    name="alexnet2012",
+    description="The 2012 paper's network: LRN, overlapping pooling, two-column groups, 227 input.",
+    convs=(
+        ConvSpec("conv1", 96, 11, stride=4, norm="lrn", pool=_POOL),
+        ConvSpec("conv2", 256, 5, padding=2, groups=2, norm="lrn", pool=_POOL),
+        ConvSpec("conv3", 384, 3, padding=1),  # connected across both columns (section 3.5)
+        ConvSpec("conv4", 384, 3, padding=1, groups=2),
+        ConvSpec("conv5", 256, 3, padding=1, groups=2, pool=_POOL),
+    ),
+    init="paper",
+    columns=2,
+    # The paper subtracts only the mean pixel, on the 0-255 scale (section 2): std = 1/255 does that,
+    # and keeps activations on the scale the LRN constants and N(0, 0.01) init were chosen for.
+    data=DataConfig(227, 256, mean=IMAGENET_MEAN, std=(1 / 255, 1 / 255, 1 / 255)),
+)
+
+ALEXNET_TORCHVISION = ArchSpec(
+    name="alexnet",
+    description="torchvision's single-column variant (64-192-384-256-256, 224 input); same state_dict.",
+    convs=(
+        ConvSpec("conv1", 64, 11, stride=4, padding=2, pool=_POOL),
+        ConvSpec("conv2", 192, 5, padding=2, pool=_POOL),
+        ConvSpec("conv3", 384, 3, padding=1),
+        ConvSpec("conv4", 256, 3, padding=1),
+        ConvSpec("conv5", 256, 3, padding=1, pool=_POOL),
+    ),
+    dropout_before_fc=True,
+    torchvision_keys=True,
+    init="torch",
+    data=DataConfig(224, 256),
+)
+
+ALEXNET_BN = ArchSpec(
+    name="alexnet_bn",
+    description="The blog's Keras model: BatchNorm after conv1/conv2, 'same' padding, no LRN, 227 input.",
+    convs=(
+        ConvSpec("conv1", 96, 11, stride=4, padding="same", norm="bn", pool=_POOL),
+        ConvSpec("conv2", 256, 5, padding="same", norm="bn", pool=_POOL),
+        ConvSpec("conv3", 384, 3, padding="same"),
+        ConvSpec("conv4", 384, 3, padding="same"),
+        ConvSpec("conv5", 256, 3, padding="same", pool=_POOL),
+    ),
+    # Keras defaults: BatchNormalization(momentum=0.99, epsilon=1e-3) -> torch momentum 0.01.
+    bn_eps=1e-3,
+    bn_momentum=0.01,
+    init="keras",
+    data=DataConfig(227, 256),
+)
+
+ALEXNET_SMALL = ArchSpec(
+    name="alexnet_small",
+    description=(
+        "One column of the paper's network (48-128-192-192-128 maps) scaled for 32-96 px images: "
+        "5x5/1 conv1, LRN, overlapping pooling, fc 1024-1024. 32 input."
+    ),
+    convs=(
+        ConvSpec("conv1", 48, 5, padding=2, norm="lrn", pool=_POOL),  # 32 -> 32 -> 15
+        ConvSpec("conv2", 128, 5, padding=2, norm="lrn", pool=_POOL),  # 15 -> 15 -> 7
+        ConvSpec("conv3", 192, 3, padding=1),  # 7
+        ConvSpec("conv4", 192, 3, padding=1),  # 7
+        ConvSpec("conv5", 128, 3, padding=1, pool=_POOL),  # 7 -> 3
+    ),
+    fc=(1024, 1024),
+    pooled_size=3,
+    init="torch",
+    data=DataConfig(32, 36),
+)
+
+SPECS: dict[str, ArchSpec] = {
+    s.name: s for s in (ALEXNET2012, ALEXNET_TORCHVISION, ALEXNET_BN, ALEXNET_SMALL)
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Shape arithmetic straight from the table (no forward pass needed)
+# --------------------------------------------------------------------------------------------
+def _conv_out(size: int, c: ConvSpec) -> int:
+    if c.padding == "same":
+        return math.ceil(size / c.stride)
+    return (size + 2 * c.padding - c.kernel) // c.stride + 1
+
+
+def feature_shapes(spec: ArchSpec, input_size: int) -> list[tuple[str, int, int]]:
+    """(stage, channels, spatial size) after each conv and each pool, for a square input."""
+    shapes, size = [], input_size
+    for c in spec.convs:
+        size = _conv_out(size, c)
+        shapes.append((c.name, c.out_channels, size))
+        if c.pool:
+            size = (size - spec.pool_kernel) // spec.pool_stride + 1
+            shapes.append((f"pool{c.name[-1]}", c.out_channels, size))
+    return shapes
+
+
+def min_input_size(spec: ArchSpec) -> int:
+    """The smallest square input for which every conv and pool still has at least one output pixel."""
+    size = 1
+    while any(s < 1 for _, _, s in feature_shapes(spec, size)):
+        size += 1
+    return size
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+class AlexNet(nn.Module):
+    """AlexNet built from an :class:`ArchSpec`: ``features`` -> ``avgpool`` -> ``classifier``.
+
+    The structure (and so the state_dict) of the ``alexnet`` spec is exactly torchvision's.
+    ``forward`` returns logits; apply softmax for probabilities.
+    """
+
+    def __init__(self, spec: ArchSpec, num_classes: int = 1000, dropout: float | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.num_classes = num_classes
+        self.min_input_size = min_input_size(spec)
+        self.features = _make_features(spec)
+        self.avgpool = nn.AdaptiveAvgPool2d((spec.pooled_size, spec.pooled_size))
+        p = spec.dropout if dropout is None else dropout
+        self.classifier = _make_classifier(spec, num_classes, p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+            check_input(x, self.spec.name, self.min_input_size)
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+
+def check_input(x: torch.Tensor, name: str, min_size: int) -> None:
+    """Raise a ValueError naming the minimum size when ``x`` is not an image batch the model can take."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"{name} expects a batch of RGB images (N, 3, H, W), got shape {tuple(x.shape)}")
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if min(h, w) < min_size:
+        raise ValueError(f"{name} needs inputs of at least {min_size}x{min_size} pixels, got {h}x{w}")
+
+
+def _make_features(spec: ArchSpec) -> nn.Sequential:
+    layers: list[tuple[str, nn.Module]] = []
+    in_ch = 3
+    for i, c in enumerate(spec.convs, start=1):
+        if c.padding == "same":
+            conv: nn.Conv2d = Conv2dSame(in_ch, c.out_channels, c.kernel, c.stride, groups=c.groups)
+        else:
+            conv = nn.Conv2d(in_ch, c.out_channels, c.kernel, c.stride, c.padding, groups=c.groups)
+        layers += [(c.name, conv), (f"relu{i}", nn.ReLU(inplace=True))]
+        if c.norm == "lrn":
+            size, alpha, beta, k = spec.lrn
+            # The window stays inside a column: each GPU normalised its own maps (sections 3.2, 3.3).
+            layers.append((f"norm{i}", LocalResponseNorm(size, alpha, beta, k, groups=spec.columns)))
+        elif c.norm == "bn":
+            layers.append((f"norm{i}", nn.BatchNorm2d(c.out_channels, eps=spec.bn_eps, momentum=spec.bn_momentum)))
+        if c.pool:
+            layers.append((f"pool{i}", nn.MaxPool2d(spec.pool_kernel, spec.pool_stride)))
+        in_ch = c.out_channels
+    return _sequential(layers, spec.torchvision_keys)
+
+
+def _make_classifier(spec: ArchSpec, num_classes: int, p: float) -> nn.Sequential:
+    in_features = spec.convs[-1].out_channels * spec.pooled_size**2
+    layers: list[tuple[str, nn.Module]] = []
+    for i, width in enumerate(spec.fc, start=6):
+        if spec.dropout_before_fc:
+            layers.append((f"drop{i}", nn.Dropout(p)))
+        layers += [(f"fc{i}", nn.Linear(in_features, width)), (f"relu{i}", nn.ReLU(inplace=True))]
+        if not spec.dropout_before_fc:
+            layers.append((f"drop{i}", nn.Dropout(p)))  # dropout on the outputs of fc6, fc7 (section 4.2)
+        in_features = width
+    layers.append((f"fc{6 + len(spec.fc)}", nn.Linear(in_features, num_classes)))
+    return _sequential(layers, spec.torchvision_keys)
+
+
+def _sequential(layers: list[tuple[str, nn.Module]], integer_keys: bool) -> nn.Sequential:
+    if integer_keys:
+        return nn.Sequential(*(m for _, m in layers))
+    return nn.Sequential(OrderedDict(layers))
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation
+# --------------------------------------------------------------------------------------------
+_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+
+def named_layers(model: AlexNet) -> list[tuple[str, nn.Module]]:
+    """(paper name, module) for every conv and fc layer, whatever the state_dict keys are."""
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    fcs = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    names = [c.name for c in model.spec.convs] + [f"fc{i}" for i in range(6, 6 + len(fcs))]
+    return list(zip(names, convs + fcs, strict=True))
+
+
+@torch.no_grad()
+def init_weights(model: AlexNet, scheme: str) -> None:
+    """Initialise in place.
+
+    - ``paper`` (section 5): weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
+    - ``caffe``: Caffe's bvlc_alexnet replication, which found bias 1 "gave flat loss": bias 0.1 in
+      those layers, fc6/fc7 weights N(0, 0.005).
+    - ``keras``: Keras defaults (glorot-uniform weights, zero biases), as the blog's model gets.
+    - ``torch``: PyTorch's default ``reset_parameters`` (what torchvision's AlexNet uses).
+    """
+    if scheme == "torch":
+        return
+    for name, m in named_layers(model):
+        if scheme == "keras":
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif scheme in ("paper", "caffe"):
+            std = 0.005 if scheme == "caffe" and name in ("fc6", "fc7") else 0.01
+            nn.init.normal_(m.weight, 0.0, std)
+            one = 1.0 if scheme == "paper" else 0.1
+            nn.init.constant_(m.bias, one if name in _BIAS_ONE else 0.0)
+        else:
+            raise ValueError(f"unknown init scheme {scheme!r}; choose paper, caffe, keras or torch")
+
+
+def build(spec: ArchSpec, num_classes: int = 1000, init: str | None = None, dropout: float | None = None) -> AlexNet:
+    """Build and initialise the model a spec describes."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    model = AlexNet(spec, num_classes, dropout=dropout)
+    init_weights(model, init or spec.init)
+    return model
+
+
+def with_changes(spec: ArchSpec, **changes) -> ArchSpec:
+    """A copy of a spec with some fields changed (for experiments and tests)."""
+    return replace(spec, **changes)

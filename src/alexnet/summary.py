@@ -1,0 +1,60 @@
+"""Keras-like architecture tables (layer, output shape, parameters, multiply-adds) via torchinfo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torchinfo import summary as torchinfo_summary
+
+from .models import min_input_size
+from .registry import UserError, create_model, get_spec
+
+__all__ = ["model_summary"]
+
+
+def model_summary(name: str, num_classes: int = 1000, input_size: int | None = None) -> tuple[str, dict[str, Any]]:
+    """Return (printable table, the same data as a dict) for a registered model."""
+    spec = get_spec(name)
+    size = input_size or spec.data.input_size
+    if size < min_input_size(spec):
+        raise UserError(f"{name} needs inputs of at least {min_input_size(spec)} pixels, got --input-size {size}")
+    model: nn.Module = create_model(name, num_classes, init="torch")
+    model.eval()
+    stats = torchinfo_summary(
+        model,
+        input_size=(1, 3, size, size),
+        col_names=("output_size", "num_params", "mult_adds"),
+        row_settings=("var_names",),
+        depth=4,
+        verbose=0,
+        device="cpu",
+    )
+    layers = [
+        {
+            "name": layer.var_name,
+            "type": layer.class_name,
+            "depth": layer.depth,
+            "output_shape": list(layer.output_size),
+            "params": int(layer.num_params) if layer.is_leaf_layer else 0,
+            "mult_adds": int(layer.macs) if layer.is_leaf_layer else 0,
+        }
+        for layer in stats.summary_list
+        if layer.depth > 0
+    ]
+    data = {
+        "model": name,
+        "num_classes": num_classes,
+        "input_size": [3, size, size],
+        "layers": layers,
+        "total_params": int(stats.total_params),
+        "trainable_params": int(stats.trainable_params),
+        # BatchNorm running statistics: Keras counts them as non-trainable parameters.
+        "non_trainable_params": int(sum(b.numel() for n, b in model.named_buffers() if "running" in n)),
+        "total_mult_adds": int(stats.total_mult_adds),
+    }
+    footer = (
+        f"Buffers counted by Keras as non-trainable params: {data['non_trainable_params']:,}\n"
+        f"Mult-adds per image: {data['total_mult_adds'] / 1e6:,.1f} M"
+    )
+    return f"{stats}\n{footer}", data
