@@ -46,9 +46,10 @@ class LocalResponseNorm(nn.Module):
 
     ``b_i = a_i / (k + alpha * sum_{j in window(i)} a_j^2) ** beta``
 
-    ``alpha`` multiplies the plain sum over the ``size`` neighbouring maps. ``torch.nn.LocalResponseNorm``
-    (like Caffe) divides alpha by ``size``; we pass ``alpha * size`` to it so the paper's constants
-    (k=2, n=5, alpha=1e-4, beta=0.75) mean what the paper means.
+    ``alpha`` multiplies the plain sum over the ``size`` neighbouring maps (``torch.nn.LocalResponseNorm``
+    and Caffe divide alpha by ``size``), so the paper's constants (k=2, n=5, alpha=1e-4, beta=0.75) mean
+    what the paper means. The window is the same as ``F.local_response_norm``'s (maps ``i - size // 2``
+    to ``i + (size - 1) // 2``, zero beyond the edges).
 
     ``groups`` keeps the window inside each group of channels: in the paper's two-GPU network each GPU
     normalises only over its own kernel maps, so the window never crosses the column boundary.
@@ -61,11 +62,19 @@ class LocalResponseNorm(nn.Module):
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The window sum as `size` shifted slices of the zero-padded squares: the same function as
+        # F.local_response_norm(x, size, alpha * size, beta, k) (whose avg_pool3d takes the mean), 2-3x
+        # faster on the CPU, keeps channels-last, and runs in fp32 for bf16/fp16 inputs.
         n, c, h, w = x.shape
-        if self.groups > 1:
-            x = x.reshape(n * self.groups, c // self.groups, h, w)
-        y = F.local_response_norm(x, self.size, alpha=self.alpha * self.size, beta=self.beta, k=self.k)
-        return y.reshape(n, c, h, w)
+        per_group = c // self.groups
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        sq = (xf * xf).reshape(n, self.groups, per_group, h, w)
+        sq = F.pad(sq, (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2))
+        window = sq[:, :, 0:per_group]
+        for j in range(1, self.size):
+            window = window + sq[:, :, j : j + per_group]
+        denominator = (window.reshape(n, c, h, w) * self.alpha + self.k) ** self.beta
+        return (xf / denominator).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"

@@ -1,0 +1,249 @@
+"""The paper's augmentation, twice: per-image torchvision v2 pipelines, and whole-batch tensor ops.
+
+Section 2: every image is down-sampled to 256x256 (shorter side rescaled to 256, central 256x256 patch).
+Section 4.1: training sees random 224x224 patches of it (227 in practice) and their horizontal reflections,
+plus PCA colour noise ("fancy PCA"); testing averages ten patches (four corners, centre, their mirrors).
+
+Order of operations, the same in both forms::
+
+    uint8 RGB -> resize shorter side + centre crop (resize x resize) -> random crop -> random flip
+      -> float in [0, 1] -> PCA lighting -> (x - mean) / std
+
+PCA lighting runs on [0, 1] floats before normalisation because the eigen-decomposition is of RGB pixels in
+[0, 1] (ImageNet's published values are on that scale). Nothing is clamped: the paper adds the noise as is.
+
+The per-image pipelines (:func:`train_transform`, :func:`eval_transform`, :func:`ten_crop_transform`) run
+in DataLoader workers. :func:`decode_transform` + :func:`batch_augment` split the same work so that workers
+only decode and down-sample, and the random crops, flips, lighting and normalisation run on whole uint8
+batches on the training device (airbench; STYLE.md item 8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import PIL.Image
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .models import DataConfig
+
+__all__ = [
+    "PCA",
+    "IMAGENET_PCA",
+    "PCALighting",
+    "decode_transform",
+    "train_transform",
+    "eval_transform",
+    "ten_crop_transform",
+    "batch_augment",
+]
+
+
+class PCA(NamedTuple):
+    """Eigen-decomposition of the 3x3 RGB pixel covariance: ``eigvec[:, i]`` has eigenvalue ``eigval[i]``."""
+
+    eigval: Tensor  # (3,), descending
+    eigvec: Tensor  # (3, 3), columns are the eigenvectors, rows are R, G, B
+
+
+# The values every ImageNet replication uses (fb.resnet.torch, timm, ...), RGB in [0, 1]; see PAPER.md.
+IMAGENET_PCA = PCA(
+    eigval=torch.tensor([0.2175, 0.0188, 0.0045]),
+    eigvec=torch.tensor(
+        [
+            [-0.5675, 0.7192, 0.4009],
+            [-0.5808, -0.0045, -0.8140],
+            [-0.5836, -0.6948, 0.4203],
+        ]
+    ),
+)
+
+
+def _as_pca(eigval: Any, eigvec: Any) -> PCA:
+    eigval = torch.as_tensor(eigval, dtype=torch.float32)
+    eigvec = torch.as_tensor(eigvec, dtype=torch.float32)
+    if eigval.shape != (3,) or eigvec.shape != (3, 3):
+        raise ValueError(
+            f"PCA lighting needs eigval (3,) and eigvec (3, 3), got {tuple(eigval.shape)}, {tuple(eigvec.shape)}"
+        )
+    return PCA(eigval, eigvec)
+
+
+def _is_plain_tensor(x: Any) -> bool:
+    return type(x) is Tensor
+
+
+class PCALighting(v2.Transform):
+    """Fancy PCA (section 4.1): add ``eigvec @ (alpha * eigval)`` to every pixel, ``alpha ~ N(0, std)``.
+
+    ``alpha`` (3 values from ``torch.randn(3) * std``, the global torch RNG like every v2 transform) is drawn
+    once per call and shared by all pixels of the image. Input: float images in [0, 1], ``(..., 3, H, W)``,
+    so place it after ``ToDtype(torch.float32, scale=True)`` and before ``Normalize``.
+    """
+
+    _transformed_types = (tv_tensors.Image, tv_tensors.Video, _is_plain_tensor)
+
+    def __init__(self, eigval: Any, eigvec: Any, std: float = 0.1) -> None:
+        super().__init__()
+        self.eigval, self.eigvec = _as_pca(eigval, eigvec)
+        self.std = float(std)
+
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        if any(isinstance(x, PIL.Image.Image) for x in flat_inputs):
+            raise TypeError(
+                "PCALighting needs float tensors in [0, 1]: put it after v2.ToDtype(torch.float32, scale=True)"
+            )
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"alpha": torch.randn(3) * self.std}
+
+    def transform(self, inpt: Tensor, params: dict[str, Any]) -> Tensor:
+        if not inpt.is_floating_point():
+            raise TypeError(f"PCALighting needs float images in [0, 1], got {inpt.dtype}")
+        eigval = self.eigval.to(inpt.device, inpt.dtype)
+        eigvec = self.eigvec.to(inpt.device, inpt.dtype)
+        rgb = eigvec @ (params["alpha"].to(inpt.device, inpt.dtype) * eigval)
+        out = inpt.as_subclass(Tensor) + rgb.view(3, 1, 1)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
+class _StackCrops:
+    """TenCrop returns a tuple of crops; the model wants one (10, 3, H, W) tensor. (A class, not a lambda,
+    so DataLoader workers started with ``spawn`` can pickle it.)"""
+
+    def __call__(self, crops: Sequence[Tensor]) -> Tensor:
+        return torch.stack([c.as_subclass(Tensor) for c in crops])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _sizes(data_cfg: DataConfig, resize_size: int | None, input_size: int | None) -> tuple[int, int]:
+    resize = resize_size or data_cfg.resize_size
+    crop = input_size or data_cfg.input_size
+    if crop > resize:
+        raise ValueError(f"input size {crop} is larger than resize size {resize}")
+    return resize, crop
+
+
+def _downsample(resize: int) -> list[Any]:
+    # Section 2: shorter side to `resize`, then the central resize x resize patch. Resizing the uint8 tensor
+    # (antialiased) rather than the PIL image keeps every later step on tensors.
+    return [v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize)]
+
+
+def _to_normalized(data_cfg: DataConfig) -> list[Any]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data_cfg.mean), list(data_cfg.std))]
+
+
+def decode_transform(resize_size: int) -> v2.Compose:
+    """PIL RGB -> uint8 ``(3, resize_size, resize_size)``: the paper's down-sampled image (section 2).
+
+    The worker-side half of the batch pipeline; :func:`batch_augment` (training) or a centre crop plus
+    normalisation (evaluation) finish the job on the device.
+    """
+    return v2.Compose(_downsample(resize_size))
+
+
+def train_transform(
+    data_cfg: DataConfig,
+    *,
+    resize_size: int | None = None,
+    input_size: int | None = None,
+    pca: PCA | tuple[Any, Any] | None = None,
+    pca_std: float = 0.1,
+    flip: bool = True,
+) -> v2.Compose:
+    """Per-image training augmentation: down-sample, random crop, random mirror, PCA lighting, normalise.
+
+    Sizes default to ``data_cfg``'s (the model's data contract); ``pca=None`` or ``pca_std=0`` turns the
+    lighting off. Returns float ``(3, input_size, input_size)``.
+    """
+    resize, crop = _sizes(data_cfg, resize_size, input_size)
+    steps: list[Any] = [*_downsample(resize), v2.RandomCrop(crop)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if pca is not None and pca_std > 0:
+        steps.append(PCALighting(*pca, std=pca_std))
+    steps.append(v2.Normalize(list(data_cfg.mean), list(data_cfg.std)))
+    return v2.Compose(steps)
+
+
+def eval_transform(
+    data_cfg: DataConfig, *, resize_size: int | None = None, input_size: int | None = None
+) -> v2.Compose:
+    """Down-sample, centre ``input_size`` crop, normalise: float ``(3, input_size, input_size)``."""
+    resize, crop = _sizes(data_cfg, resize_size, input_size)
+    return v2.Compose([*_downsample(resize), v2.CenterCrop(crop), *_to_normalized(data_cfg)])
+
+
+def ten_crop_transform(
+    data_cfg: DataConfig, *, resize_size: int | None = None, input_size: int | None = None
+) -> v2.Compose:
+    """The paper's test-time views (section 4.1): float ``(10, 3, input_size, input_size)``.
+
+    Order as torchvision's ``TenCrop``: top-left, top-right, bottom-left, bottom-right, centre, then the
+    same five of the horizontally mirrored image.
+    """
+    resize, crop = _sizes(data_cfg, resize_size, input_size)
+    # Normalise once before cropping: it is per pixel, so the order does not change the result.
+    return v2.Compose([*_downsample(resize), *_to_normalized(data_cfg), v2.TenCrop(crop), _StackCrops()])
+
+
+def _channel_vector(values: Any, like: Tensor) -> Tensor:
+    return torch.as_tensor(values, dtype=torch.float32, device=like.device).view(1, 3, 1, 1)
+
+
+def batch_augment(
+    images: Tensor,
+    *,
+    crop: int,
+    flip: bool = True,
+    pca: PCA | tuple[Any, Any] | None = None,
+    pca_std: float = 0.1,
+    mean: Any,
+    std: Any,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Training augmentation for a whole batch, as tensor ops on the batch's device.
+
+    ``images``: uint8 ``(N, 3, H, W)`` (float input is taken to be in [0, 1]). Each sample gets its own
+    random ``crop`` x ``crop`` window and, with ``flip``, a mirror with probability 1/2; then PCA lighting
+    with its own ``alpha ~ N(0, pca_std)``; then ``(x - mean) / std``. Returns float32 ``(N, 3, crop, crop)``.
+
+    ``generator`` makes the draws reproducible; it may live on the CPU while the batch is on a GPU.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"batch_augment needs (N, 3, H, W) images, got {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    if crop > h or crop > w:
+        raise ValueError(f"crop {crop} is larger than the images ({h}x{w})")
+    device = images.device
+    draw_on = generator.device if generator is not None else device
+
+    top = torch.randint(0, h - crop + 1, (n,), generator=generator, device=draw_on).to(device)
+    left = torch.randint(0, w - crop + 1, (n,), generator=generator, device=draw_on).to(device)
+    steps = torch.arange(crop, device=device)
+    rows = top[:, None] + steps  # (N, crop)
+    if flip:
+        mirrored = (torch.rand(n, generator=generator, device=draw_on) < 0.5).to(device)
+        # A mirrored crop reads its columns right to left: the flip costs nothing extra.
+        cols = left[:, None] + torch.where(mirrored[:, None], crop - 1 - steps, steps)
+    else:
+        cols = left[:, None] + steps
+    # Two gathers with broadcast (expanded, not materialised) indices: rows, then columns of each sample.
+    x = images.gather(2, rows[:, None, :, None].expand(n, c, crop, w))
+    x = x.gather(3, cols[:, None, None, :].expand(n, c, crop, crop))
+
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    if pca is not None and pca_std > 0:
+        eigval, eigvec = (t.to(device) for t in _as_pca(*pca))
+        alpha = (torch.randn(n, 3, generator=generator, device=draw_on) * pca_std).to(device)
+        rgb = (alpha * eigval) @ eigvec.T  # row i: eigvec @ (alpha_i * eigval)
+        x.add_(rgb[:, :, None, None])
+    return x.sub_(_channel_vector(mean, x)).div_(_channel_vector(std, x))

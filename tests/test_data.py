@@ -1,0 +1,432 @@
+"""Datasets, loaders, the PCA statistics and the digits dataset, on tiny images written in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.data import (
+    Batch,
+    DataWarning,
+    ImageFolderDataset,
+    collate,
+    compute_pca,
+    load_or_compute_pca,
+    load_rgb,
+    make_datasets,
+    make_loader,
+    prepare_digits,
+    resolve_dataset,
+    stratified_split,
+)
+from alexnet.models import DataConfig
+from alexnet.registry import UserError
+from alexnet.transforms import decode_transform, eval_transform
+
+RNG = np.random.default_rng(0)
+
+
+def _png(path: Path, size: int = 6, value: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if value is None:
+        pixels = RNG.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    else:
+        pixels = np.full((size, size, 3), value, dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _folder(root: Path, counts: dict[str, int]) -> Path:
+    for name, n in counts.items():
+        for i in range(n):
+            _png(root / name / f"{i:03d}.png")
+    return root
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    """A JPEG whose header is intact (it passes the scan) but whose data stop halfway (it fails to decode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# load_rgb
+# --------------------------------------------------------------------------------------------
+def _write(tmp_path: Path, name: str, image: Image.Image) -> Path:
+    image.save(tmp_path / name)
+    return tmp_path / name
+
+
+def test_grayscale_and_bilevel_images_load_as_rgb(tmp_path):
+    gray = _write(tmp_path, "g.png", Image.new("L", (3, 2), 77))
+    assert load_rgb(gray).mode == "RGB" and load_rgb(gray).getpixel((0, 0)) == (77, 77, 77)
+    bilevel = _write(tmp_path, "b.bmp", Image.new("1", (3, 2), 1))
+    assert load_rgb(bilevel).getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_palette_images_load_as_rgb_and_transparent_entries_become_white(tmp_path):
+    p = Image.new("P", (2, 1))
+    p.putpalette([10, 20, 30, 200, 100, 0] + [0] * 762)
+    p.putpixel((1, 0), 1)
+    plain = load_rgb(_write(tmp_path, "p.png", p))
+    assert plain.mode == "RGB" and [plain.getpixel((x, 0)) for x in range(2)] == [(10, 20, 30), (200, 100, 0)]
+    p.info["transparency"] = 0
+    clear = load_rgb(_write(tmp_path, "pt.png", p))
+    assert [clear.getpixel((x, 0)) for x in range(2)] == [(255, 255, 255), (200, 100, 0)]
+
+
+def test_rgba_and_la_images_are_composited_on_white(tmp_path):
+    rgba = Image.new("RGBA", (2, 1), (200, 0, 0, 255))
+    rgba.putpixel((1, 0), (0, 0, 200, 0))
+    out = load_rgb(_write(tmp_path, "a.png", rgba))
+    assert out.mode == "RGB" and [out.getpixel((x, 0)) for x in range(2)] == [(200, 0, 0), (255, 255, 255)]
+    half = load_rgb(_write(tmp_path, "la.png", Image.new("LA", (1, 1), (0, 128))))
+    assert half.getpixel((0, 0)) == pytest.approx((127, 127, 127), abs=1)  # black at half alpha on white
+
+
+@pytest.mark.parametrize("ext", ["tif", "jpg"])
+def test_cmyk_images_load_as_rgb(tmp_path, ext):
+    rgb = Image.new("RGB", (4, 4), (250, 120, 10))
+    path = _write(tmp_path, f"c.{ext}", rgb.convert("CMYK"))
+    assert Image.open(path).mode == "CMYK"
+    out = load_rgb(path)
+    assert out.mode == "RGB"
+    assert out.getpixel((1, 1)) == pytest.approx((250, 120, 10), abs=0 if ext == "tif" else 6)
+
+
+def test_16_bit_images_are_rescaled_not_clipped(tmp_path):
+    values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    path = _write(tmp_path, "16.png", Image.fromarray(values))
+    assert Image.open(path).mode.startswith("I")
+    out = np.asarray(load_rgb(path))
+    assert out.shape == (1, 3, 3) and out[0, :, 0].tolist() == [0, 100, 255] and (out[..., 1] == out[..., 0]).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Scanning and unreadable files
+# --------------------------------------------------------------------------------------------
+def test_scan_finds_classes_in_order_and_ignores_non_images_and_hidden_files(tmp_path):
+    _folder(tmp_path, {"b": 2, "a": 1})
+    _png(tmp_path / "a" / "nested" / "deep.PNG")  # upper-case extension, sub-folder
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / ".hidden.png").write_bytes(b"junk")
+    (tmp_path / "b" / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / ".cache").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ignored silently
+        ds = ImageFolderDataset(tmp_path)
+    assert ds.classes == ["a", "b"]
+    assert sorted((p.name, t) for p, t in ds.samples) == [
+        ("000.png", 0),
+        ("000.png", 1),
+        ("001.png", 1),
+        ("deep.PNG", 0),
+    ]
+    assert ds.skipped == [] and len(ds) == 4
+
+
+def test_corrupt_and_truncated_files_are_skipped_with_a_warning_naming_them(tmp_path):
+    _folder(tmp_path, {"a": 2, "b": 2})
+    corrupt = tmp_path / "a" / "corrupt.jpg"
+    corrupt.write_bytes(RNG.bytes(600))
+    good = _png(tmp_path / "b" / "whole.png").read_bytes()
+    truncated = tmp_path / "b" / "truncated.png"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.warns(DataWarning) as record:
+        ds = ImageFolderDataset(tmp_path)
+    messages = " | ".join(str(w.message) for w in record)
+    assert str(corrupt) in messages and str(truncated) in messages
+    assert {p for p, _ in ds.skipped} == {corrupt, truncated}
+    assert len(ds) == 5 and corrupt not in {p for p, _ in ds.samples}
+
+
+def test_strict_turns_an_unreadable_file_into_an_error_naming_it(tmp_path):
+    _folder(tmp_path, {"a": 2})
+    (tmp_path / "a" / "corrupt.jpg").write_bytes(RNG.bytes(600))
+    with pytest.raises(UserError, match="corrupt.jpg"):
+        ImageFolderDataset(tmp_path, strict=True)
+
+
+def test_a_file_that_fails_to_decode_at_load_time_is_none_with_one_warning(tmp_path):
+    _folder(tmp_path, {"a": 1})
+    bad = _truncated_jpeg(tmp_path / "a" / "broken.jpg")
+    ds = ImageFolderDataset(tmp_path, decode_transform(8))
+    assert bad in {p for p, _ in ds.samples}  # the header is fine, so the scan keeps it
+    index = [p for p, _ in ds.samples].index(bad)
+    with pytest.warns(DataWarning, match="broken.jpg"):
+        assert ds[index] is None
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        assert ds[index] is None
+    assert not again  # once per file
+    image, target = ds[1 - index]
+    assert image.shape == (3, 8, 8) and target == 0
+    strict = ImageFolderDataset(tmp_path, decode_transform(8), strict=True)
+    with pytest.raises(UserError, match="broken.jpg"):
+        strict[index]
+
+
+# --------------------------------------------------------------------------------------------
+# make_datasets: layouts and errors
+# --------------------------------------------------------------------------------------------
+def test_train_and_val_folders_are_used_with_their_own_transforms(tmp_path):
+    _folder(tmp_path / "train", {"cat": 3, "dog": 2})
+    _folder(tmp_path / "val", {"cat": 1, "dog": 1})
+    train_ds, val_ds, classes = make_datasets(tmp_path, train_transform="T", eval_transform="E")
+    assert classes == ["cat", "dog"] and len(train_ds) == 5 and len(val_ds) == 2
+    assert train_ds.transform == "T" and val_ds.transform == "E"
+
+
+def test_train_folder_alone_gives_no_validation_set(tmp_path):
+    _folder(tmp_path / "train", {"cat": 2})
+    train_ds, val_ds, _ = make_datasets(tmp_path)
+    assert val_ds is None and len(train_ds) == 2
+
+
+@pytest.mark.parametrize(
+    ("layout", "match"),
+    [
+        ("missing", "not found"),
+        ("empty", "no class folders"),
+        ("empty_class", "dog has no image files"),
+        ("only_text", "no images"),
+        ("all_unreadable", "no readable images"),
+        ("mismatch", "only in train: \\['dog'\\], only in val: \\['fox'\\]"),
+    ],
+)
+def test_bad_layouts_raise_a_user_error_naming_the_problem(tmp_path, layout, match):
+    root = tmp_path / "data"
+    if layout == "empty":
+        root.mkdir()
+    elif layout == "empty_class":
+        _folder(root, {"cat": 2})
+        (root / "dog").mkdir()
+        (root / "dog" / "readme.txt").write_text("no images here")
+    elif layout == "only_text":
+        (root / "cat").mkdir(parents=True)
+        (root / "cat" / "a.txt").write_text("x")
+    elif layout == "all_unreadable":
+        (root / "cat").mkdir(parents=True)
+        (root / "cat" / "a.jpg").write_bytes(RNG.bytes(300))
+    elif layout == "mismatch":
+        _folder(root / "train", {"cat": 1, "dog": 1})
+        _folder(root / "val", {"cat": 1, "fox": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        with pytest.raises(UserError, match=match):
+            make_datasets(root)
+
+
+def test_val_split_must_be_a_fraction_and_not_combined_with_a_val_folder(tmp_path):
+    _folder(tmp_path / "train", {"cat": 2})
+    _folder(tmp_path / "val", {"cat": 1})
+    with pytest.raises(UserError, match="between 0 and 1"):
+        make_datasets(tmp_path / "train", val_split=1.5)
+    with pytest.raises(UserError, match="already has a val/"):
+        make_datasets(tmp_path, val_split=0.1)
+
+
+def test_seeded_val_split_is_stratified_disjoint_and_reproducible(tmp_path):
+    _folder(tmp_path, {"a": 20, "b": 10, "c": 5})
+    train, val, classes = make_datasets(tmp_path, val_split=0.2, seed=3, train_transform="T", eval_transform="E")
+    assert classes == ["a", "b", "c"]
+    assert np.bincount(val.targets).tolist() == [4, 2, 1]
+    assert np.bincount(train.targets).tolist() == [16, 8, 4]
+    assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
+    assert train.transform == "T" and val.transform == "E"
+    again = make_datasets(tmp_path, val_split=0.2, seed=3)[1]
+    other = make_datasets(tmp_path, val_split=0.2, seed=4)[1]
+    assert again.samples == val.samples
+    assert other.samples != val.samples
+
+
+def test_split_keeps_one_training_image_and_gives_small_classes_a_validation_image():
+    targets = np.array([0, 1, 1, 2, 2, 2])
+    parts = stratified_split(targets, [0.9, 0.1], seed=0)
+    assert sorted(targets[parts[1]].tolist()) == [1, 2]  # round(0.1 * 2) = 0, raised to 1
+    assert sorted(parts[0] + parts[1]) == list(range(6))
+    assert 0 in parts[0]  # a single image stays in training
+
+
+def test_a_class_split_does_not_change_when_another_class_grows():
+    names = ["a", "b"]
+    before = stratified_split([0] * 10 + [1] * 10, [0.7, 0.3], seed=0, names=names)
+    after = stratified_split([0] * 10 + [1] * 30, [0.7, 0.3], seed=0, names=names)
+    assert [i for i in before[1] if i < 10] == [i for i in after[1] if i < 10]
+
+
+# --------------------------------------------------------------------------------------------
+# Batches and loaders
+# --------------------------------------------------------------------------------------------
+def test_collate_drops_and_counts_failed_samples():
+    batch = collate([(torch.zeros(3, 2, 2), 1), None, (torch.ones(3, 2, 2), 0), None])
+    assert isinstance(batch, Batch)
+    assert batch.images.shape == (2, 3, 2, 2) and batch.targets.tolist() == [1, 0] and batch.skipped == 2
+    assert batch.targets.dtype == torch.long
+    empty = collate([None])
+    assert empty.targets.numel() == 0 and empty.skipped == 1
+
+
+def test_loader_shuffles_reproducibly_from_the_seed(tmp_path):
+    _folder(tmp_path, {str(k): 4 for k in range(4)})
+    ds = ImageFolderDataset(tmp_path, decode_transform(4))
+
+    def order(seed: int) -> list[int]:
+        loader = make_loader(ds, 4, shuffle=True, workers=0, seed=seed)
+        return [t for b in loader for t in b.targets.tolist()]
+
+    assert order(1) == order(1) and order(1) != order(2)
+    assert sorted(order(1)) == sorted(ds.targets)
+
+
+def test_loader_with_workers_counts_files_that_fail_to_decode(tmp_path):
+    _folder(tmp_path, {"a": 3, "b": 3})
+    _truncated_jpeg(tmp_path / "b" / "broken.jpg")
+    ds = ImageFolderDataset(tmp_path, decode_transform(8))
+    loader = make_loader(ds, 3, shuffle=False, workers=2, seed=0, pin_memory=False)
+    assert loader.persistent_workers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        batches = list(loader)
+    assert sum(b.skipped for b in batches) == 1
+    assert sum(len(b.targets) for b in batches) == 6
+    # Files are in sorted order, so the broken one (b/broken.jpg, the last) makes a batch of its own.
+    assert [len(b.targets) for b in batches] == [3, 3, 0]
+    assert all(b.images.shape[1:] == (3, 8, 8) and b.images.dtype == torch.uint8 for b in batches[:2])
+
+
+def test_make_datasets_with_model_transforms_feeds_a_loader(tmp_path):
+    _folder(tmp_path, {"a": 3, "b": 3})
+    cfg = DataConfig(input_size=4, resize_size=6)
+    train, val, _ = make_datasets(tmp_path, val_split=0.34, eval_transform=eval_transform(cfg))
+    images, targets, skipped = next(iter(make_loader(val, 8, shuffle=False, workers=0, seed=0)))
+    assert images.shape == (len(val), 3, 4, 4) and images.dtype == torch.float32 and skipped == 0
+
+
+# --------------------------------------------------------------------------------------------
+# PCA statistics
+# --------------------------------------------------------------------------------------------
+DIRECTION = np.array([0.8, 0.36, -0.48])  # unit length
+
+
+def _images_along(root: Path, direction: np.ndarray, n: int = 12) -> list[Path]:
+    """Images whose pixels are grey + t * direction (+ a little noise): the covariance's top eigenvector."""
+    paths = []
+    for i in range(n):
+        t = RNG.uniform(-0.3, 0.3, (16, 16, 1))
+        rgb = 0.5 + t * direction + RNG.normal(0, 0.01, (16, 16, 3))
+        paths.append(root / "x" / f"{i}.png")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_compute_pca_recovers_the_direction_the_pixels_vary_along(tmp_path):
+    paths = _images_along(tmp_path, DIRECTION)
+    eigval, eigvec = compute_pca(paths, n_samples=100)
+    assert abs(float(eigvec[:, 0] @ torch.tensor(DIRECTION, dtype=torch.float32))) > 0.999
+    assert float(eigval[0]) == pytest.approx(0.6**2 / 12, rel=0.1)  # variance of U(-0.3, 0.3)
+    assert eigval[1] < 0.01 * eigval[0] and eigval[0] >= eigval[1] >= eigval[2] >= 0
+    torch.testing.assert_close(eigvec.T @ eigvec, torch.eye(3), atol=1e-5, rtol=0)
+
+
+def test_compute_pca_reads_a_folder_dataset_from_its_files_whatever_its_transform(tmp_path):
+    _images_along(tmp_path, DIRECTION)
+    ds = ImageFolderDataset(tmp_path, transform=lambda im: "not an image")
+    _, eigvec = compute_pca(ds, n_samples=5, seed=1)
+    assert abs(float(eigvec[:, 0] @ torch.tensor(DIRECTION, dtype=torch.float32))) > 0.999
+
+
+def test_pca_is_computed_once_and_reused_from_the_run_dir(tmp_path):
+    _images_along(tmp_path / "data", DIRECTION)
+    ds = ImageFolderDataset(tmp_path / "data")
+    run = tmp_path / "run"
+    first = load_or_compute_pca(run, ds)
+    saved = json.loads((run / "pca.json").read_text())
+    assert saved["eigval"] == pytest.approx(first.eigval.tolist())
+    saved["eigval"] = [1.0, 2.0, 3.0]  # a reused file is read, not recomputed
+    (run / "pca.json").write_text(json.dumps(saved))
+    assert load_or_compute_pca(run, ds).eigval.tolist() == [1.0, 2.0, 3.0]
+    (run / "pca.json").write_text("{")
+    with pytest.raises(UserError, match="pca.json"):
+        load_or_compute_pca(run, ds)
+
+
+# --------------------------------------------------------------------------------------------
+# Digits
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return prepare_digits(tmp_path_factory.mktemp("cache"))
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.png"))
+
+
+def test_digits_are_1797_pngs_split_70_10_20_with_every_class_in_every_split(digits):
+    counts = {}
+    for split in ("train", "val", "test"):
+        assert sorted(p.name for p in (digits / split).iterdir()) == [str(k) for k in range(10)]
+        per_class = [len(list((digits / split / str(k)).glob("*.png"))) for k in range(10)]
+        assert min(per_class) > 0
+        counts[split] = sum(per_class)
+    assert sum(counts.values()) == 1797
+    assert counts["train"] == pytest.approx(0.7 * 1797, abs=10)
+    assert counts["val"] == pytest.approx(0.1 * 1797, abs=10)
+    assert counts["test"] == pytest.approx(0.2 * 1797, abs=10)
+
+
+def test_digit_files_hold_the_scaled_sklearn_pixels(digits):
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
+    some = sorted((digits / "test").rglob("*.png"))[:5]
+    for path in some:
+        i = int(path.stem)
+        image = Image.open(path)
+        assert image.mode == "L" and image.size == (8, 8)
+        assert int(path.parent.name) == ref.target[i]
+        np.testing.assert_array_equal(np.asarray(image), np.rint(ref.images[i] * 255 / 16).astype(np.uint8))
+
+
+def test_digits_are_reproducible_and_reused(digits, tmp_path):
+    marker_time = (digits / ".complete").stat().st_mtime_ns
+    assert prepare_digits(digits.parent) == digits
+    assert (digits / ".complete").stat().st_mtime_ns == marker_time  # reused, not rewritten
+    assert _listing(prepare_digits(tmp_path)) == _listing(digits)
+
+
+def test_an_interrupted_digits_folder_is_rewritten(tmp_path):
+    half = tmp_path / "digits" / "train" / "0"
+    half.mkdir(parents=True)
+    (half / "0000.png").write_bytes(b"partial")  # no marker: an interrupted write of an older layout
+    root = prepare_digits(tmp_path)
+    assert len(_listing(root)) == 1797
+    assert not [p for p in tmp_path.iterdir() if p.name != "digits"]  # no temporary folder left behind
+
+
+def test_digits_go_through_the_folder_pipeline(digits):
+    train, val, classes = make_datasets(digits, train_transform=decode_transform(8))
+    assert classes == [str(k) for k in range(10)] and val is not None
+    image, target = train[0]
+    assert image.shape == (3, 8, 8) and image.dtype == torch.uint8
+
+
+def test_resolve_dataset_maps_digits_to_the_cache_and_passes_paths_through(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    assert resolve_dataset("digits") == tmp_path / "digits"
+    assert (tmp_path / "digits" / ".complete").exists()
+    assert resolve_dataset("some/folder") == Path("some/folder")
+    assert resolve_dataset(Path("digits")) == Path("digits")
+    assert os.fspath(resolve_dataset("./digits")) == "digits"
