@@ -1,0 +1,235 @@
+"""Export a trained model to ONNX, TorchScript or a ``torch.export`` program, with its data contract.
+
+Every exported file carries the model's metadata (model name, class names, input/resize size,
+mean/std: STYLE.md item 2), so a consumer needs nothing else to preprocess images and name the
+predictions: ONNX ``metadata_props`` (one JSON value per key), or a ``alexnet.json`` extra file in
+the TorchScript / exported-program archive. The batch dimension is dynamic.
+
+The export is verified before anything is written: the serialized bytes are loaded back (ONNX
+Runtime for ONNX, ``torch.jit.load`` / ``torch.export.load`` for the others) and run on a random
+batch whose size differs from the traced one; the maximum absolute difference to PyTorch must be
+within ``1e-4 * max(1, max |logit|)``. Only then is the file written, atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write_bytes
+
+__all__ = [
+    "FORMATS",
+    "META_KEYS",
+    "ExportVerificationError",
+    "export_model",
+    "export_onnx",
+    "read_onnx_metadata",
+    "OnnxClassifier",
+    "is_onnx_file",
+]
+
+Format = Literal["onnx", "torchscript", "exported-program"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
+META_KEYS = ("model", "num_classes", "classes", "input_size", "resize_size", "mean", "std")
+EXTRA_FILE = "alexnet.json"
+TOLERANCE = 1e-4
+_TRACE_BATCH, _CHECK_BATCH = 2, 3  # verify on a batch size other than the traced one: the batch is dynamic
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported model's outputs differ from PyTorch's by more than the tolerance."""
+
+
+def _contract(meta: dict[str, Any]) -> dict[str, Any]:
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"metadata lacks {', '.join(missing)} (needs {', '.join(META_KEYS)})")
+    return {k: meta[k] for k in META_KEYS}
+
+
+def _dynamic_batch() -> tuple[dict[int, Any]]:
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},)
+
+
+def _onnx_proto(model: nn.Module, example: torch.Tensor) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,  # the TorchScript-based exporter cannot size adaptive_avg_pool2d with a dynamic batch
+            dynamic_shapes=_dynamic_batch(),
+            input_names=["images"],
+            output_names=["logits"],
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | os.PathLike, meta: dict[str, Any] | None = None
+) -> None:
+    """Write ``model`` as ONNX (dynamic batch, input ``images``, output ``logits``), unverified."""
+    proto = _onnx_proto(model.eval(), example)
+    for key, value in (meta or {}).items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    atomic_write_bytes(path, proto.SerializeToString())
+
+
+def _serialize(model: nn.Module, fmt: str, example: torch.Tensor, contract: dict[str, Any]) -> bytes:
+    blob = json.dumps(contract)
+    if fmt == "onnx":
+        proto = _onnx_proto(model, example)
+        for key, value in contract.items():
+            proto.metadata_props.add(key=key, value=json.dumps(value))
+        return proto.SerializeToString()
+    buffer = io.BytesIO()
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about the shape check, the API's deprecation
+            traced = torch.jit.trace(model, example, check_trace=False)
+            torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: blob})
+    elif fmt == "exported-program":
+        program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_batch())
+        torch.export.save(program, buffer, extra_files={EXTRA_FILE: blob})
+    else:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    return buffer.getvalue()
+
+
+def _load_and_run(data: bytes, fmt: str, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], str]:
+    """Run the serialized model on ``x``; returns (logits, metadata read back, what ran it)."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+        return torch.from_numpy(out), meta, f"onnxruntime {ort.__version__}"
+    files = {EXTRA_FILE: ""}
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu", _extra_files=files)
+        runner = "torch.jit.load"
+    else:
+        module = torch.export.load(io.BytesIO(data), extra_files=files).module()
+        runner = "torch.export.load"
+    with torch.no_grad():
+        out = module(x)
+    return out, json.loads(files[EXTRA_FILE]), runner
+
+
+def export_model(
+    model: nn.Module,
+    meta: dict[str, Any],
+    fmt: Format,
+    output: str | os.PathLike,
+    input_size: int | None = None,
+    *,
+    tolerance: float = TOLERANCE,
+) -> dict[str, Any]:
+    """Export ``model`` with its data contract ``meta`` to ``output``; verify; return a report.
+
+    ``meta`` needs :data:`META_KEYS` (what :func:`alexnet.checkpoint.load_checkpoint` returns).
+    ``input_size`` defaults to ``meta["input_size"]``. Raises :class:`ExportVerificationError` (and
+    writes nothing) when the reloaded model differs from PyTorch by more than
+    ``tolerance * max(1, max |logit|)``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    contract = _contract(meta)
+    size = int(input_size or contract["input_size"])
+    start = time.perf_counter()
+    model = model.float().cpu().eval()
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(_TRACE_BATCH, 3, size, size, generator=generator)
+    check = torch.randn(_CHECK_BATCH, 3, size, size, generator=generator)
+    data = _serialize(model, fmt, example, {**contract, "input_size": size})
+    with torch.no_grad():
+        expected = model(check)
+    got, read_back, runner = _load_and_run(data, fmt, check)
+    diff = float((got.float() - expected).abs().max())
+    limit = tolerance * max(1.0, float(expected.abs().max()))
+    report = {
+        "format": fmt,
+        "output": str(output),
+        "bytes": len(data),
+        "input_shape": ["batch", 3, size, size],
+        "verified_with": runner,
+        "check_batch": _CHECK_BATCH,
+        "max_abs_diff": diff,
+        "tolerance": limit,
+        "metadata": sorted(read_back),
+    }
+    if not diff <= limit:  # also catches NaN
+        raise ExportVerificationError(
+            f"{fmt} export of {contract['model']} differs from PyTorch by {diff:.3g} (tolerance {limit:.3g}); "
+            f"nothing written to {output}"
+        )
+    if read_back.get("classes") != contract["classes"]:
+        raise ExportVerificationError(f"{fmt} export did not keep its metadata (read back: {sorted(read_back)})")
+    atomic_write_bytes(output, data)
+    report["seconds"] = time.perf_counter() - start
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Using an exported ONNX file
+# --------------------------------------------------------------------------------------------
+def is_onnx_file(path: str | os.PathLike) -> bool:
+    """An ``.onnx`` file (by name: checkpoints are ``.safetensors`` or run folders)."""
+    return Path(path).suffix.lower() == ".onnx" and Path(path).is_file()
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The data contract stored in an exported ONNX file's ``metadata_props``."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in proto.metadata_props}
+
+
+class OnnxClassifier:
+    """An exported ONNX model with its data contract, for ``alexnet predict``.
+
+    ``classifier(images)`` takes normalised float images (N, 3, H, W) and returns logits as a torch
+    tensor; ``model``, ``classes``, ``input_size``, ``resize_size``, ``mean``, ``std`` and ``meta``
+    come from the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise RuntimeError("reading ONNX files needs onnxruntime (pip install 'alexnet[export]')") from e
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        raw = self.session.get_modelmeta().custom_metadata_map
+        self.meta: dict[str, Any] = {k: json.loads(v) for k, v in raw.items()}
+        missing = [k for k in META_KEYS if k not in self.meta]
+        if missing:
+            raise ValueError(f"{path} was not exported by alexnet export (metadata lacks {', '.join(missing)})")
+        self.model: str = self.meta["model"]
+        self.classes: list[str] = self.meta["classes"]
+        self.num_classes: int = self.meta["num_classes"]
+        self.input_size: int = self.meta["input_size"]
+        self.resize_size: int = self.meta["resize_size"]
+        self.mean: list[float] = self.meta["mean"]
+        self.std: list[float] = self.meta["std"]
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self._input: x})[0])
