@@ -55,9 +55,7 @@ class LocalResponseNorm(nn.Module):
     normalises only over its own kernel maps, so the window never crosses the column boundary.
     """
 
-    def __init__(
-        self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 1
-    ) -> None:
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 1) -> None:
         super().__init__()
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
@@ -66,6 +64,8 @@ class LocalResponseNorm(nn.Module):
         # F.local_response_norm(x, size, alpha * size, beta, k) (whose avg_pool3d takes the mean), 2-3x
         # faster on the CPU, keeps channels-last, and runs in fp32 for bf16/fp16 inputs.
         n, c, h, w = x.shape
+        if c % self.groups:
+            raise ValueError(f"LocalResponseNorm(groups={self.groups}): {c} channels do not split evenly")
         per_group = c // self.groups
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
         sq = (xf * xf).reshape(n, self.groups, per_group, h, w)
@@ -214,13 +214,11 @@ ALEXNET_SMALL = ArchSpec(
     ),
     fc=(1024, 1024),
     pooled_size=3,
-    init="torch",
+    init="kaiming",
     data=DataConfig(32, 36),
 )
 
-SPECS: dict[str, ArchSpec] = {
-    s.name: s for s in (ALEXNET2012, ALEXNET_TORCHVISION, ALEXNET_BN, ALEXNET_SMALL)
-}
+SPECS: dict[str, ArchSpec] = {s.name: s for s in (ALEXNET2012, ALEXNET_TORCHVISION, ALEXNET_BN, ALEXNET_SMALL)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +277,6 @@ class AlexNet(nn.Module):
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
         return self.classifier(x)
-
 
 
 def check_input(x: torch.Tensor, name: str, min_size: int) -> None:
@@ -346,6 +343,9 @@ def named_layers(model: AlexNet) -> list[tuple[str, nn.Module]]:
     return list(zip(names, convs + fcs, strict=True))
 
 
+INIT_SCHEMES = ("paper", "caffe", "keras", "torch", "kaiming")
+
+
 @torch.no_grad()
 def init_weights(model: AlexNet, scheme: str) -> None:
     """Initialise in place.
@@ -355,11 +355,24 @@ def init_weights(model: AlexNet, scheme: str) -> None:
       those layers, fc6/fc7 weights N(0, 0.005).
     - ``keras``: Keras defaults (glorot-uniform weights, zero biases), as the blog's model gets.
     - ``torch``: PyTorch's default ``reset_parameters`` (what torchvision's AlexNet uses).
+    - ``kaiming``: He et al. 2015 normal init (ReLU gain; fan-out for the convolutions, fan-in for fc6
+      and fc7), N(0, 0.01) for the output layer, zero biases. Keeps the activations' scale through the
+      whole network, so a fresh network learns from the first epoch; the small variant's default.
     """
     if scheme == "torch":
         return
-    for name, m in named_layers(model):
-        if scheme == "keras":
+    layers = named_layers(model)
+    last = layers[-1][1]
+    for name, m in layers:
+        if scheme == "kaiming":
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif m is last:
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            else:  # fc6, fc7: followed by a ReLU
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif scheme == "keras":
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
         elif scheme in ("paper", "caffe"):
@@ -368,7 +381,7 @@ def init_weights(model: AlexNet, scheme: str) -> None:
             one = 1.0 if scheme == "paper" else 0.1
             nn.init.constant_(m.bias, one if name in _BIAS_ONE else 0.0)
         else:
-            raise ValueError(f"unknown init scheme {scheme!r}; choose paper, caffe, keras or torch")
+            raise ValueError(f"unknown init scheme {scheme!r}; choose one of: {', '.join(INIT_SCHEMES)}")
 
 
 def build(spec: ArchSpec, num_classes: int = 1000, init: str | None = None, dropout: float | None = None) -> AlexNet:

@@ -80,7 +80,8 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's problem, said once
-        raise UserError(f"{path} is not a weights file: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+        reason = (str(e).splitlines() or ["empty or truncated file"])[0][:200]
+        raise UserError(f"{path} is not a weights file: {type(e).__name__}: {reason}") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
