@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .registry import UserError, list_models
 
@@ -31,6 +33,177 @@ def _cmd_summary(args: argparse.Namespace) -> None:
 
     table, data = model_summary(args.model, args.num_classes, args.input_size)
     print(json.dumps(data, indent=2) if args.json else table)
+
+
+# ----------------------------------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    import dataclasses
+    import typing
+
+    from .recipes import RECIPES, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train a model on an image folder (or --dataset digits) into a run folder",
+        description="Train on DATA/train/<class>/* (validating on DATA/val/<class>/*), or on DATA/<class>/* "
+        "with --val-split. Every recipe field can be set by a flag or a YAML/TOML --config file; "
+        "flags win over the file, the file over the recipe.",
+    )
+    p.add_argument("data", nargs="?", metavar="DATA", help="image folder (optional with --dataset or --resume)")
+    p.add_argument("--dataset", choices=["digits"], help="a bundled dataset instead of DATA")
+    p.add_argument("--recipe", default=None, choices=list(RECIPES), help="preset (default: paper2012)")
+    p.add_argument("--config", metavar="FILE", help="YAML or TOML file of recipe fields")
+    p.add_argument("--output", "-o", metavar="RUN_DIR", help="run folder (default: runs/<model>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--quiet", "-q", action="store_true", help="log lines only, no progress bars")
+    hints = typing.get_type_hints(TrainConfig)
+    group = p.add_argument_group("recipe fields (default: the recipe's value)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "recipe":
+            continue
+        flag, hint, text = "--" + f.name.replace("_", "-"), hints[f.name], f.metadata.get("help", "")
+        if f.name == "model":
+            group.add_argument(flag, choices=list_models(), default=None, metavar="NAME", help=f"{text}: %(choices)s")
+        elif hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif typing.get_origin(hint) is typing.Literal:
+            group.add_argument(flag, choices=typing.get_args(hint), default=None, help=text)
+        else:
+            group.add_argument(flag, type=hint, default=None, metavar=hint.__name__.upper(), help=text)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    from .data import resolve_dataset
+    from .engine import TrainingDiverged
+    from .recipes import TrainConfig, resolve_config
+    from .train import continue_config, fit
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name != "recipe" and getattr(args, f.name) is not None
+    }
+    if args.data and args.dataset:
+        raise UserError("give DATA or --dataset, not both")
+    source = resolve_dataset(args.dataset) if args.dataset else args.data
+    if args.resume:
+        if args.output and Path(args.output) != Path(args.resume):
+            raise UserError("--resume continues in its own run folder; leave out --output")
+        if args.recipe or args.config:
+            raise UserError("a resumed run keeps its recipe; change single fields with flags (e.g. --epochs)")
+        cfg, run_dir = continue_config(args.resume, overrides), Path(args.resume)
+    else:
+        if source is None:
+            raise UserError("give a data folder (DATA), --dataset digits, or --resume RUN_DIR")
+        cfg = resolve_config(args.recipe or "paper2012", args.config, overrides)
+        run_dir = Path(args.output or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        result = fit(source, run_dir, cfg, resume=bool(args.resume), quiet=args.quiet)
+    except TrainingDiverged as e:
+        print(f"alexnet train: error: {e}", file=sys.stderr)
+        return 1
+    best = result["best_top1"]
+    print(f"run folder: {result['run_dir']} (best top-1 {best:.2%}; checkpoints in {result['run_dir']}/checkpoints)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto: bf16/oneDNN where its top-1 agrees with fp32 on >= 99%% of held-out images, else fp32",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a folder (centre crop or the paper's 10-crop)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, run folder, or exported .onnx file")
+    p.add_argument("data", metavar="DATA", help="image folder (its test/ or val/ part if present), or 'digits'")
+    p.add_argument("--ten-crop", action="store_true", help="also the 10-crop test: corners, centre and mirrors")
+    p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    p.add_argument("--output", metavar="DIR", help="where the CSVs go (default: RUN_DIR/eval/<data folder>)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--strict", action="store_true", help="unreadable images are errors, not skipped")
+    _precision_arg(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .inference import default_eval_dir, evaluate_folder, load_classifier, write_eval_csv
+
+    clf = load_classifier(args.checkpoint, device=args.device)
+    result = evaluate_folder(
+        clf, args.data, ten_crop=args.ten_crop, precision=args.precision, batch_size=args.batch_size,
+        workers=args.workers, strict=args.strict,
+    )  # fmt: skip
+    out = Path(args.output) if args.output else default_eval_dir(clf.source, result["folder"])
+    result["files"] = write_eval_csv(result, clf.classes, out)
+    if args.json:
+        slim = {k: v for k, v in result.items() if k not in ("confusion", "per_class_images")}
+        slim["per_class_top1"] = {
+            c: a for c, a, n in zip(clf.classes, result["per_class_top1"], result["per_class_images"], strict=True) if n
+        }
+        print(json.dumps(slim, indent=2))
+        return 0
+    rows = [("centre crop", result["center"]), ("10-crop", result)] if args.ten_crop else [("centre crop", result)]
+    print(f"{clf.model_name} from {clf.source} on {result['folder']}: {result['images']} images "
+          f"({result['skipped']} unreadable skipped), inference mode {result['mode']}")  # fmt: skip
+    for name, r in rows:
+        print(
+            f"  {name:<12} top-1 {r['top1']:.2%} (error {r['top1_error']:.2%})   "
+            f"top-5 {r['top5']:.2%} (error {r['top5_error']:.2%})   loss {r['loss']:.4f}"
+        )
+    print(f"  per-class accuracy: {result['files']['per_class']}\n  confusion matrix:   {result['files']['confusion']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- predict
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="top-k classes of images with a checkpoint, an .onnx file or ImageNet weights")
+    p.add_argument("source", nargs="?", metavar="CHECKPOINT", help="checkpoint, run folder or exported .onnx file")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--model", help="with --weights: a model name (e.g. alexnet) instead of CHECKPOINT")
+    p.add_argument("--weights", help="torchvision-format ImageNet weights file (or 'torchvision' to download)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    _precision_arg(p)
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import image_paths, load_classifier, predict_files
+
+    images = list(args.images)
+    source = args.source
+    if args.model or args.weights:  # no CHECKPOINT: argparse gave the first image to `source`
+        images = ([source] if source is not None else []) + images
+        source = None
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    clf = load_classifier(source, model=args.model, weights=args.weights, device=args.device)
+    results = predict_files(clf, image_paths(images), top_k=args.top_k, precision=args.precision)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                continue
+            print(r["file"])
+            for t in r["top"]:
+                print(f"  {t['probability']:7.2%}  {t['class']}")
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"alexnet predict: error: {r['file']}: {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------------------- benchmark
@@ -120,7 +293,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- main
 # Each command module adds its parser here; order is the order of `alexnet --help`.
-_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_summary, _add_benchmark, _add_export]
+_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_summary,
+    _add_train,
+    _add_evaluate,
+    _add_predict,
+    _add_benchmark,
+    _add_export,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,11 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .fast import ModeUnavailable
+
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning  # one line per warning (e.g. each skipped unreadable image)
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
+    except (UserError, ModeUnavailable) as e:
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # bad values reaching the library (e.g. an input below the minimum size)

@@ -364,12 +364,15 @@ def make_loader(
     drop_last: bool = False,
     generator: torch.Generator | None = None,
     pin_memory: bool | None = None,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """A DataLoader of :class:`Batch` es, shuffled by a seeded generator (``generator`` if given).
 
-    Workers stay alive across epochs; each is seeded by PyTorch from the generator (torch, random and
-    numpy), so a run's augmentation is reproducible for a fixed ``workers``. Memory is pinned only when
-    CUDA is available (``pin_memory`` overrides).
+    Each worker is seeded by PyTorch from the generator (torch, random and numpy), so a run is
+    reproducible for a fixed ``workers``. Workers restart every epoch unless ``persistent_workers``: a
+    restarted iterator draws its worker seed from the generator each epoch, which keeps the generator's
+    stream the same whether a run is resumed or not (exact resume). Memory is pinned only when CUDA is
+    available (``pin_memory`` overrides).
     """
     return DataLoader(
         ds,
@@ -378,7 +381,7 @@ def make_loader(
         num_workers=workers,
         collate_fn=collate,
         generator=generator if generator is not None else torch.Generator().manual_seed(seed),
-        persistent_workers=workers > 0,
+        persistent_workers=persistent_workers and workers > 0,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,
     )

@@ -1,0 +1,202 @@
+"""The training step and the evaluation loop: plain PyTorch, readable top to bottom.
+
+Data arrive as whole uint8 batches of the paper's 256x256 down-sampled images (section 2); the
+random crops, flips, PCA lighting and normalisation run on the batch, on the training device
+(STYLE.md item 8), so the workers only read and decode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = ["TrainingDiverged", "train_one_epoch", "evaluate", "normalize", "topk_correct", "autocast"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for ``precision`` in fp32 / bf16 / fp16 (fp32: no autocast)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float ``(x / 255 - mean) / std``."""
+    return (images.float().div_(255) - mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many targets are among the top-k predictions, for each k (k capped at the class count)."""
+    maxk = min(max(ks), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hit = pred.eq(targets.view(-1, 1))
+    return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+@dataclass
+class Meter:
+    """Running sums for one pass over the data."""
+
+    loss: float = 0.0
+    top1: int = 0
+    top5: int = 0
+    images: int = 0
+    skipped: int = 0
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def update(self, loss: float, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        n = targets.numel()
+        c1, c5 = topk_correct(logits.detach(), targets)
+        self.loss += loss * n
+        self.top1 += c1
+        self.top5 += c5
+        self.images += n
+        self.steps += 1
+
+    def summary(self) -> dict[str, float]:
+        n = max(self.images, 1)
+        secs = time.perf_counter() - self.start
+        return {
+            "loss": self.loss / n,
+            "top1": self.top1 / n,
+            "top5": self.top5 / n,
+            "images": self.images,
+            "skipped": self.skipped,
+            "seconds": secs,
+            "images_per_s": self.images / secs if secs > 0 else 0.0,
+        }
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    label_smoothing: float = 0.0,
+    scheduler: Any = None,  # stepped every batch (one-cycle); epoch schedules are stepped by the caller
+    scaler: torch.amp.GradScaler | None = None,
+    on_step: Callable[[Meter, float], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss, top-1/top-5 accuracy, images/s, skipped files."""
+    model.train()
+    meter = Meter()
+    for images, targets, skipped in loader:
+        meter.skipped += skipped
+        if targets.numel() == 0:
+            continue
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        x = augment(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"loss became {value} at step {meter.steps + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        meter.update(value, logits, targets)
+        if on_step is not None:
+            on_step(meter, value)
+    return meter.summary()
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable,
+    *,
+    crop: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    num_classes: int,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    ten_crop: bool = False,
+    on_step: Callable[[Meter, float], None] | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5 accuracy, loss, per-class accuracy and the confusion matrix on ``loader``.
+
+    ``model``: a module, or any callable from normalised float images to logits (a prepared
+    :class:`~alexnet.fast.Predictor`, an ONNX session). Centre crop by default; ``ten_crop`` averages
+    the softmax of the four corner and centre crops and their mirrors (section 4.1: the paper's
+    test-time procedure), and also reports the centre crop alone (``result["center"]``), from the same
+    forward passes. Targets outside ``[0, num_classes)`` are an error.
+    """
+    if isinstance(model, nn.Module):
+        model.eval()
+    meter, center = Meter(), Meter()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    mean, std = mean.to(device), std.to(device)
+    for images, targets, skipped in loader:
+        meter.skipped += skipped
+        if targets.numel() == 0:
+            continue
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        # ten_crop order: 4 corners, centre, then the same of the mirror image (index 4 is the centre).
+        views = TF.ten_crop(images, [crop, crop]) if ten_crop else (TF.center_crop(images, [crop, crop]),)
+        probs = torch.zeros(images.shape[0], num_classes, device=device)
+        for i, view in enumerate(views):
+            x = normalize(view, mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                p = model(x).float().softmax(dim=1).to(device)
+            probs += p
+            if ten_crop and i == 4:
+                center.update(_nll(p, targets), p, targets)
+        probs /= len(views)
+        loss = _nll(probs, targets)
+        meter.update(loss, probs, targets)
+        confusion += torch.bincount(targets.cpu() * num_classes + probs.argmax(1).cpu(), minlength=num_classes**2).view(
+            num_classes, num_classes
+        )
+        if on_step is not None:
+            on_step(meter, loss)
+    result: dict[str, Any] = _with_errors(meter.summary())
+    result["per_class_top1"] = (confusion.diag().float() / confusion.sum(1).clamp_min(1).float()).tolist()
+    result["per_class_images"] = confusion.sum(1).tolist()
+    result["confusion"] = confusion.tolist()
+    result["ten_crop"] = ten_crop
+    if ten_crop:
+        result["center"] = _with_errors(center.summary())
+    return result
+
+
+def _nll(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    return F.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
+
+
+def _with_errors(summary: dict[str, float]) -> dict[str, float]:
+    return {**summary, "top1_error": 1.0 - summary["top1"], "top5_error": 1.0 - summary["top5"]}

@@ -1,0 +1,246 @@
+"""Using a trained model: load it (checkpoint, exported ONNX file, or torchvision-format weights),
+classify images, evaluate it on a folder the paper's way.
+
+A :class:`Classifier` is a callable from normalised float images to logits plus the data contract it
+was trained with (class names, resize/crop size, mean/std). Torch models run in the fastest
+inference mode accepted on this machine (:func:`alexnet.fast.resolve_inference_mode`: bf16 and
+oneDNN only if their top-1 agrees with fp32 on the held-out images), unless ``precision="fp32"``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from . import data
+from .checkpoint import atomic_write_bytes, load_checkpoint, resolve_checkpoint_path
+from .engine import evaluate, normalize
+from .export import OnnxClassifier, is_onnx_file
+from .registry import UserError, create_model, get_spec, imagenet_categories
+
+__all__ = ["Classifier", "load_classifier", "predict_files", "evaluate_folder", "image_paths", "write_eval_csv"]
+
+
+@dataclass
+class Classifier:
+    """``classifier(images)``: normalised float (N, 3, H, W) -> fp32 logits, plus its data contract."""
+
+    forward: Callable[[Tensor], Tensor]
+    model_name: str
+    classes: list[str]
+    input_size: int
+    resize_size: int
+    mean: list[float]
+    std: list[float]
+    source: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    mode: dict[str, Any] = field(default_factory=dict)  # the inference mode chosen and why
+    module: torch.nn.Module | None = None  # the fp32 model (None for ONNX files)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.forward(images)
+
+    def decode(self, path: str | os.PathLike) -> Tensor:
+        """An image file -> uint8 (3, resize, resize): the paper's down-sampled image (section 2)."""
+        return data.decode_transform(self.resize_size)(data.load_rgb(path)).as_subclass(Tensor)
+
+    def preprocess(self, images_uint8: Tensor) -> Tensor:
+        """uint8 (N, 3, resize, resize) -> the normalised centre crop the model takes."""
+        x = TF.center_crop(images_uint8, [self.input_size, self.input_size])
+        return normalize(x, torch.tensor(self.mean), torch.tensor(self.std))
+
+    def fast(self, heldout: Tensor | None, precision: str = "auto", batch_size: int = 64) -> Classifier:
+        """Switch a torch model to the fastest accepted inference mode; ``heldout``: normalised images
+        (a sample of what will be classified) on which a reduced precision must agree with fp32."""
+        if self.module is None:
+            return self
+        from .fast import resolve_inference_mode
+
+        example = heldout[:batch_size] if heldout is not None else None
+        predictor, report = resolve_inference_mode(
+            self.module, precision, device=self.device, heldout=heldout, example_input=example
+        )
+        self.forward, self.mode = predictor, report
+        return self
+
+
+def load_classifier(
+    source: str | os.PathLike | None,
+    *,
+    model: str | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> Classifier:
+    """A checkpoint file or run folder, an exported ``.onnx`` file, or ``model=NAME, weights=PATH``
+    (torchvision-format ImageNet weights, or ``"torchvision"`` for torchvision's download)."""
+    device = torch.device(device)
+    if model is not None or weights is not None:
+        if model is None or weights is None:
+            raise UserError("--model and --weights go together (e.g. --model alexnet --weights alexnet.pth)")
+        spec = get_spec(model)
+        net = create_model(model, 1000, weights=weights).to(device).eval()
+        return Classifier(
+            net, model, imagenet_categories(), spec.data.input_size, spec.data.resize_size,
+            list(spec.data.mean), list(spec.data.std), str(weights), device, {"mode": "eager-fp32"}, net,
+        )  # fmt: skip
+    if source is None:
+        raise UserError("give a checkpoint (or run folder, or .onnx file), or --model NAME --weights PATH")
+    if is_onnx_file(source):
+        try:
+            onnx = OnnxClassifier(source)
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+            raise UserError(f"{source} is not a readable ONNX model: {str(e).splitlines()[0][:200]}") from e
+        return Classifier(
+            onnx, onnx.model, onnx.classes, onnx.input_size, onnx.resize_size, onnx.mean, onnx.std,
+            str(source), torch.device("cpu"), {"mode": "onnxruntime-fp32"},
+        )  # fmt: skip
+    path = resolve_checkpoint_path(source)
+    net, meta = load_checkpoint(path, map_location=device)
+    net.eval()
+    return Classifier(
+        net, meta["model"], meta["classes"], meta["input_size"], meta["resize_size"], meta["mean"], meta["std"],
+        str(path), device, {"mode": "eager-fp32"}, net,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------------
+def image_paths(args: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; a folder contributes its image files (recursively, sorted)."""
+    out: list[Path] = []
+    for a in args:
+        p = Path(a)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in data.IMG_EXTENSIONS)
+            if not found:
+                raise UserError(f"no image files in folder {p}")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UserError(f"image not found: {p}")
+    return out
+
+
+def predict_files(
+    clf: Classifier, paths: Sequence[Path], *, top_k: int = 5, precision: str = "auto", batch_size: int = 64
+) -> list[dict[str, Any]]:
+    """Top-k class names and probabilities per file; an unreadable file gets ``{"error": ...}``."""
+    top_k = max(1, min(top_k, len(clf.classes)))
+    results: list[dict[str, Any]] = [{"file": str(p)} for p in paths]
+    readable: list[tuple[int, Tensor]] = []
+    for i, p in enumerate(paths):
+        try:
+            readable.append((i, clf.decode(p)))
+        except data.DECODE_ERRORS as e:
+            results[i]["error"] = f"cannot read image: {data._reason(e)}"
+    if not readable:
+        return results
+    images = clf.preprocess(torch.stack([t for _, t in readable]))
+    clf.fast(images, precision, batch_size)
+    probs = torch.cat([clf(images[s : s + batch_size]).softmax(1) for s in range(0, len(images), batch_size)])
+    values, indices = probs.topk(top_k, dim=1)
+    for (i, _), v, k in zip(readable, values.tolist(), indices.tolist(), strict=True):
+        results[i]["top"] = [{"class": clf.classes[c], "index": c, "probability": p} for p, c in zip(v, k, strict=True)]
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+def eval_folder(root: str | os.PathLike) -> Path:
+    """``DATA/test``, else ``DATA/val``, else ``DATA`` itself."""
+    root = data.resolve_dataset(root)
+    if not Path(root).is_dir():
+        raise UserError(f"data folder not found: {root}")
+    for split in ("test", "val"):
+        if (Path(root) / split).is_dir():
+            return Path(root) / split
+    return Path(root)
+
+
+def evaluate_folder(
+    clf: Classifier,
+    root: str | os.PathLike,
+    *,
+    ten_crop: bool = False,
+    precision: str = "auto",
+    batch_size: int = 64,
+    workers: int = 2,
+    strict: bool = False,
+    heldout: int = 256,
+    on_step: Callable | None = None,
+) -> dict[str, Any]:
+    """Top-1/top-5 (and their errors), per-class accuracy and the confusion matrix of ``clf`` on a folder.
+
+    The folder's class names must be among the classifier's; its targets are mapped by name. With
+    ``precision="auto"`` a reduced-precision mode is used only if it agrees with fp32 on the top-1 of
+    the first ``heldout`` images.
+    """
+    folder = eval_folder(root)
+    ds = data.ImageFolderDataset(folder, data.decode_transform(clf.resize_size), strict=strict)
+    unknown = [c for c in ds.classes if c not in clf.classes]
+    if unknown:
+        raise UserError(
+            f"{folder} has class folders the model does not know: {unknown[:5]}"
+            f"{' ...' if len(unknown) > 5 else ''} (the model's classes: {clf.classes[:10]}"
+            f"{' ...' if len(clf.classes) > 10 else ''})"
+        )
+    index = {c: i for i, c in enumerate(clf.classes)}
+    ds.samples = [(p, index[ds.classes[t]]) for p, t in ds.samples]
+    loader = data.make_loader(ds, batch_size, shuffle=False, workers=workers, seed=0)
+    if clf.module is not None:
+        sample = [ds[i] for i in range(min(heldout, len(ds)))]
+        sample = [s[0] for s in sample if s is not None]
+        clf.fast(clf.preprocess(torch.stack(sample)) if sample and precision == "auto" else None, precision, batch_size)
+    result = evaluate(
+        clf, loader, crop=clf.input_size, mean=torch.tensor(clf.mean), std=torch.tensor(clf.std),
+        device=torch.device("cpu"), num_classes=len(clf.classes), ten_crop=ten_crop, on_step=on_step,
+    )  # fmt: skip
+    result["skipped"] += len(ds.skipped)
+    result.update(folder=str(folder), source=clf.source, mode=clf.mode.get("mode"), inference=clf.mode)
+    return result
+
+
+def write_eval_csv(result: dict[str, Any], classes: list[str], folder: str | os.PathLike) -> dict[str, str]:
+    """``per_class.csv`` (class, images, top-1) and ``confusion.csv`` (rows: true class, columns:
+    predicted) in ``folder``, plus the whole result as ``metrics.json``; returns the paths."""
+    folder = Path(folder)
+    per_class = io.StringIO()
+    w = csv.writer(per_class)
+    w.writerow(["class", "images", "top1"])
+    for name, n, acc in zip(classes, result["per_class_images"], result["per_class_top1"], strict=True):
+        if n:
+            w.writerow([name, n, f"{acc:.6f}"])
+    confusion = io.StringIO()
+    w = csv.writer(confusion)
+    w.writerow(["true \\ predicted", *classes])
+    for name, row in zip(classes, result["confusion"], strict=True):
+        w.writerow([name, *row])
+    paths = {"per_class": folder / "per_class.csv", "confusion": folder / "confusion.csv"}
+    atomic_write_bytes(paths["per_class"], per_class.getvalue().encode())
+    atomic_write_bytes(paths["confusion"], confusion.getvalue().encode())
+    slim = {k: v for k, v in result.items() if k not in ("confusion", "per_class_top1", "per_class_images")}
+    paths["metrics"] = folder / "metrics.json"
+    atomic_write_bytes(paths["metrics"], (json.dumps(slim, indent=2) + "\n").encode())
+    return {k: str(v) for k, v in paths.items()}
+
+
+def default_eval_dir(source: str, data_folder: str) -> Path:
+    """``RUN_DIR/eval/<data folder name>`` for a checkpoint inside a run folder, else next to the file."""
+    src = Path(source)
+    run_dir = src.parent.parent if src.parent.name == "checkpoints" else src.parent
+    return run_dir / "eval" / Path(data_folder).name

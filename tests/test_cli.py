@@ -1,0 +1,233 @@
+"""The ``alexnet`` command end to end (train -> evaluate -> predict -> export) and its error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet import create_model
+from alexnet.cli import main
+
+FAST = ["--recipe", "small", "--epochs", "2", "--batch-size", "8", "--workers", "0", "--quiet", "--schedule", "step"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder, run folder) of one short CLI training run, shared by the read-only tests below."""
+    from conftest import write_images
+
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "data"
+    write_images(data / "train", 8, seed=0)
+    write_images(data / "val", 3, seed=1)
+    write_images(data / "test", 4, seed=2)
+    assert main(["train", str(data), "--output", str(root / "run"), *FAST, "--lr", "0.01"]) == 0
+    return data, root / "run"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------- the happy path
+def test_train_writes_a_complete_run_folder(trained, capsys):
+    _, run = trained
+    names = {p.name for p in run.iterdir()}
+    assert {"metrics.jsonl", "curves.png", "config.yaml", "checkpoints", "tb", "pca.json"} <= names
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.safetensors", "last.safetensors"}
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_evaluate_prints_json_and_writes_csvs(trained, capsys, tmp_path):
+    data, run = trained
+    assert main(["evaluate", str(run), str(data), "--ten-crop", "--json", "--output", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["folder"].endswith("test") and out["images"] == 12  # test/ is preferred over val/
+    for key in ("top1", "top5", "top1_error", "top5_error"):
+        assert 0.0 <= out[key] <= 1.0 and 0.0 <= out["center"][key] <= 1.0
+    assert out["top1"] + out["top1_error"] == pytest.approx(1.0)
+    assert set(out["per_class_top1"]) == {"blue", "green", "red"}
+    with open(tmp_path / "confusion.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == ["blue", "green", "red"]
+    assert sum(int(v) for r in rows[1:] for v in r[1:]) == 12
+    with open(tmp_path / "per_class.csv") as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["class"] for r in per_class] == ["blue", "green", "red"]
+    assert sum(int(r["images"]) for r in per_class) == 12
+
+
+def test_evaluate_fp32_and_auto_agree_on_the_numbers(trained, capsys):
+    data, run = trained
+    main(["evaluate", str(run), str(data), "--json", "--precision", "fp32"])
+    fp32 = json.loads(capsys.readouterr().out)
+    main(["evaluate", str(run), str(data), "--json"])
+    auto = json.loads(capsys.readouterr().out)
+    assert fp32["mode"].endswith("fp32")
+    assert auto["top1"] == pytest.approx(fp32["top1"], abs=1 / 12 + 1e-9)  # at most one image apart
+
+
+def test_predict_names_classes_with_probabilities(trained, capsys):
+    data, run = trained
+    files = sorted((data / "test" / "red").iterdir())[:2]
+    assert main(["predict", str(run), *map(str, files), "--top-k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in out] == [str(f) for f in files]
+    for r in out:
+        assert len(r["top"]) == 2 and {t["class"] for t in r["top"]} <= {"blue", "green", "red"}
+        assert r["top"][0]["probability"] >= r["top"][1]["probability"]
+    assert main(["predict", str(run), str(data / "test" / "blue")]) == 0  # a folder: every image in it
+    text = capsys.readouterr().out
+    assert text.count("blue/") == 4 and "%" in text
+
+
+def test_predict_reads_an_exported_onnx_file_like_the_checkpoint(trained, capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    data, run = trained
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", str(run), "--output", str(onnx_path)]) == 0
+    capsys.readouterr()
+    image = str(sorted((data / "test" / "green").iterdir())[0])
+    main(["predict", str(run), image, "--json", "--precision", "fp32", "--top-k", "3"])
+    torch_out = json.loads(capsys.readouterr().out)[0]["top"]
+    main(["predict", str(onnx_path), image, "--json", "--top-k", "3"])
+    onnx_out = json.loads(capsys.readouterr().out)[0]["top"]
+    assert [t["class"] for t in onnx_out] == [t["class"] for t in torch_out]
+    for a, b in zip(onnx_out, torch_out, strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+
+
+def test_predict_with_torchvision_format_weights_prints_imagenet_names(tmp_path, capsys):
+    torch.manual_seed(0)
+    weights = tmp_path / "alexnet.pth"
+    torch.save(create_model("alexnet").state_dict(), weights)
+    image = tmp_path / "cat.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", "--model", "alexnet", "--weights", str(weights), str(image), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)[0]["top"]
+    from torchvision.models import AlexNet_Weights
+
+    categories = AlexNet_Weights.IMAGENET1K_V1.meta["categories"]
+    assert len(out) == 5 and all(t["class"] == categories[t["index"]] for t in out)
+
+
+def test_resume_continues_a_cli_run(trained, tmp_path, capsys):
+    data, run = trained
+    copy = tmp_path / "run"
+    for name, content in _snapshot(run).items():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_bytes(content)
+    assert main(["train", "--resume", str(copy), "--epochs", "3", "--quiet"]) == 0  # the data path is remembered
+    lines = [json.loads(s) for s in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in lines] == [1, 2, 3]
+    _fails(["train", "--resume", str(copy), "--model", "alexnet"], capsys, "keeps its model (alexnet_small)")
+
+
+def test_a_one_cycle_run_cannot_be_extended(tmp_path, capsys):
+    from conftest import write_images
+
+    write_images(tmp_path / "d", 3)
+    run = tmp_path / "run"
+    argv = ["train", str(tmp_path / "d"), "--output", str(run), *FAST, "--epochs", "1", "--schedule", "onecycle"]
+    assert main(argv) == 0
+    _fails(["train", "--resume", str(run), "--epochs", "2"], capsys, "onecycle schedule spans the run's 1 epochs")
+
+
+# ----------------------------------------------------------------------------------------- errors
+def _fails(argv: list[str], capsys, match: str, code: int = 2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert match in err, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_missing_and_empty_data_folders(tmp_path, capsys):
+    _fails(["train", str(tmp_path / "nope"), *FAST], capsys, "data folder not found")
+    (tmp_path / "empty").mkdir()
+    _fails(["train", str(tmp_path / "empty"), *FAST], capsys, "no class folders")
+    (tmp_path / "noimg" / "cat").mkdir(parents=True)
+    (tmp_path / "noimg" / "cat" / "readme.txt").write_text("x")
+    _fails(["train", str(tmp_path / "noimg"), *FAST], capsys, "no images")
+
+
+def test_a_class_folder_without_images(tmp_path, capsys):
+    from conftest import write_images
+
+    write_images(tmp_path / "d", 3)
+    (tmp_path / "d" / "zebra").mkdir()
+    _fails(["train", str(tmp_path / "d"), *FAST], capsys, "zebra has no image files")
+
+
+def test_corrupt_images_are_skipped_with_a_warning_or_fail_with_strict(tmp_path, capsys):
+    from conftest import write_images
+
+    write_images(tmp_path / "d", 4)
+    (tmp_path / "d" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    run = tmp_path / "run"
+    argv = ["train", str(tmp_path / "d"), "--output", str(run), *FAST, "--epochs", "1", "--val-split", "0.25"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: skipping unreadable image" in err and "broken.png" in err
+    assert json.loads((run / "metrics.jsonl").read_text())["skipped_files"] == 1
+    _fails(["train", str(tmp_path / "d"), *FAST, "--strict", "--val-split", "0.25"], capsys, "broken.png")
+
+
+def test_unknown_model_flag_and_recipe_list_the_valid_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(tmp_path), "--model", "vgg16"])
+    assert e.value.code == 2 and "alexnet2012" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", str(tmp_path), "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", str(tmp_path), "--recipe", "fast"])
+    assert "paper2012" in capsys.readouterr().err
+
+
+def test_a_checkpoint_for_other_classes_is_refused(trained, tmp_path, capsys):
+    from conftest import write_images
+
+    _, run = trained
+    write_images(tmp_path / "other", 2)
+    (tmp_path / "other" / "purple").mkdir()
+    Image.new("RGB", (40, 40), (120, 0, 120)).save(tmp_path / "other" / "purple" / "p.png")
+    _fails(["evaluate", str(run), str(tmp_path / "other")], capsys, "class folders the model does not know: ['purple']")
+    ckpt = run / "checkpoints" / "best.safetensors"
+    _fails(["predict", "--model", "alexnet", "--weights", str(ckpt), str(ckpt)], capsys, "do not fit alexnet")
+
+
+def test_files_that_are_not_checkpoints(tmp_path, capsys):
+    (tmp_path / "w.safetensors").write_bytes(b"garbage" * 20)
+    image = tmp_path / "i.png"
+    Image.new("RGB", (40, 40)).save(image)
+    _fails(["predict", str(tmp_path / "w.safetensors"), str(image)], capsys, "not an alexnet checkpoint")
+    _fails(["evaluate", str(tmp_path / "missing.safetensors"), str(tmp_path)], capsys, "checkpoint not found")
+    (tmp_path / "junk.pth").write_bytes(b"\x00" * 10)
+    junk = ["predict", "--model", "alexnet", "--weights", str(tmp_path / "junk.pth"), str(image)]
+    _fails(junk, capsys, "not a weights")
+
+
+def test_an_existing_run_is_kept_and_a_resume_without_checkpoint_fails(trained, tmp_path, capsys):
+    data, run = trained
+    before = _snapshot(run)
+    _fails(["train", str(data), "--output", str(run), *FAST], capsys, "already holds a run")
+    assert _snapshot(run) == before
+    _fails(["train", "--resume", str(tmp_path)], capsys, "checkpoint not found")
+
+
+def test_predict_reports_an_unreadable_image_and_still_predicts_the_rest(trained, tmp_path, capsys):
+    data, run = trained
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    good = sorted((data / "test" / "red").iterdir())[0]
+    assert main(["predict", str(run), str(good), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert str(good) in captured.out and f"{bad}: cannot read image" in captured.err
+    _fails(["predict", str(run), str(tmp_path / "nope.png")], capsys, "image not found")
