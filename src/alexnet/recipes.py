@@ -80,7 +80,7 @@ RECIPES: dict[str, TrainConfig] = {
         _PAPER,
         recipe="small",
         model="alexnet_small",
-        epochs=12,
+        epochs=15,
         batch_size=64,
         lr=0.02,
         nesterov=True,

@@ -57,4 +57,8 @@ def model_summary(name: str, num_classes: int = 1000, input_size: int | None = N
         f"Buffers counted by Keras as non-trainable params: {data['non_trainable_params']:,}\n"
         f"Mult-adds per image: {data['total_mult_adds'] / 1e6:,.1f} M"
     )
-    return f"{stats}\n{footer}", data
+    # torchinfo prints its unit enum as "Units.MEGABYTES" under Python 3.11+; say what it means.
+    text = str(stats)
+    for unit, short in (("Units.GIGABYTES", "G"), ("Units.MEGABYTES", "M"), ("Units.KILOBYTES", "K")):
+        text = text.replace(f"({unit})", f"({short})")
+    return f"{text}\n{footer}", data
