@@ -7,7 +7,6 @@ random crops, flips, PCA lighting and normalisation run on the batch, on the tra
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -19,19 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from .fast import autocast_context as autocast
+
 __all__ = ["TrainingDiverged", "train_one_epoch", "evaluate", "normalize", "topk_correct", "autocast"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for ``precision`` in fp32 / bf16 / fp16 (fp32: no autocast)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
