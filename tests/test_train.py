@@ -146,6 +146,8 @@ def test_a_run_writes_everything_it_promises(tiny_data, tmp_path):
     assert meta["classes"] == ["blue", "green", "red"] and meta["model"] == "alexnet_small"
     assert (meta["input_size"], meta["resize_size"]) == (32, 36)
     assert meta["best_top1"] == max(h["val_top1"] for h in lines) == result["best_top1"]
+    # best = highest validation top-1, a tie going to the lower validation loss
+    assert meta["epoch"] == max(lines, key=lambda h: (h["val_top1"], -h["val_loss"]))["epoch"]
     assert "train_state" not in meta  # best holds weights only
     _, last = read_checkpoint(run / "checkpoints" / "last.safetensors")
     assert last["epoch"] == 2 and last["train_state"]["optimizer"]["param_groups"]

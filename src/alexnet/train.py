@@ -192,11 +192,12 @@ def fit(
     scheduler = _scheduler(cfg, optimizer, len(train_loader))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
-    start_epoch, best_top1 = 0, -1.0
+    start_epoch, best_top1, best_loss = 0, -1.0, float("inf")
     if resume_tensors is not None:
         rng = load_training_state(resume_tensors, resume_meta, optimizer, scheduler)
         restore_rng(rng, generator)
         start_epoch, best_top1 = resume_meta["epoch"], resume_meta.get("best_top1", -1.0)
+        best_loss = resume_meta.get("best_loss", float("inf"))
         report.log(f"resuming {run_dir} after epoch {start_epoch}")
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -251,9 +252,13 @@ def fit(
         }
         history.append(line)
         score = va["top1"] if va else tr["top1"]
-        is_best = score > best_top1
-        best_top1 = max(best_top1, score)
-        ckpt_meta = {**meta, "epoch": epoch + 1, "metrics": line, "best_top1": best_top1}
+        # Best validation top-1; a tie goes to the lower validation loss (on small validation sets
+        # top-1 often plateaus at a value the later, better-calibrated epochs share).
+        loss = va["loss"] if va else tr["loss"]
+        is_best = score > best_top1 or (score == best_top1 and loss < best_loss)
+        if is_best:
+            best_top1, best_loss = score, loss
+        ckpt_meta = {**meta, "epoch": epoch + 1, "metrics": line, "best_top1": best_top1, "best_loss": best_loss}
         # Order matters for crash safety: metrics and best first, then last (what --resume reads).
         _write_history(run_dir / "metrics.jsonl", history)
         if is_best:
