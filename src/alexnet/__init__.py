@@ -1,5 +1,6 @@
 """alexnet: AlexNet (Krizhevsky, Sutskever, Hinton, 2012) from data to deployment."""
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .columns import AlexNetColumns, to_columns, to_grouped
 from .models import AlexNet, ArchSpec, ConvSpec, DataConfig, LocalResponseNorm
 from .registry import UserError, create_model, get_spec, list_models
@@ -17,6 +18,8 @@ __all__ = [
     "create_model",
     "get_spec",
     "list_models",
+    "load_checkpoint",
+    "save_checkpoint",
     "to_columns",
     "to_grouped",
 ]
