@@ -231,3 +231,12 @@ def test_predict_reports_an_unreadable_image_and_still_predicts_the_rest(trained
     captured = capsys.readouterr()
     assert str(good) in captured.out and f"{bad}: cannot read image" in captured.err
     _fails(["predict", str(run), str(tmp_path / "nope.png")], capsys, "image not found")
+
+
+def test_a_diverging_run_stops_with_exit_1_and_a_message(tmp_path, capsys):
+    from conftest import write_images
+
+    write_images(tmp_path / "d", 8)
+    argv = ["train", str(tmp_path / "d"), "--output", str(tmp_path / "run"), *FAST, "--lr", "1e30"]
+    err = _fails([*argv, "--precision", "fp32", "--schedule", "constant"], capsys, "loss became", code=1)
+    assert "Try a lower --lr" in err

@@ -211,6 +211,11 @@ def fit(
         f"recipe {cfg.recipe} | run dir {run_dir}"
     )
 
+    if val_ds is None:
+        report.log(
+            "no validation set (no val/ folder, no --val-split): the best checkpoint and the plateau schedule "
+            "follow the training metrics"
+        )
     for epoch in range(start_epoch, cfg.epochs):
         lr = optimizer.param_groups[0]["lr"]
         per_batch = scheduler if cfg.schedule == "onecycle" else None
