@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from alexnet import create_model
@@ -292,6 +294,24 @@ def large_activations(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     sign = torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0)
     return (sign * (10 + 90 * torch.rand(shape, generator=g))).double()  # |a| in [10, 100]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    per_group=st.integers(1, 7),
+    size=st.integers(1, 7),
+    alpha=st.floats(1e-5, 1e-2),
+    beta=st.floats(0.25, 1.0),
+    k=st.floats(0.5, 3.0),
+    seed=st.integers(0, 2**16),
+)
+def test_lrn_matches_the_formula_per_group_for_any_constants(groups, per_group, size, alpha, beta, k, seed) -> None:
+    x = large_activations((1, groups * per_group, 2, 2), seed=seed)
+    got = LocalResponseNorm(size, alpha=alpha, beta=beta, k=k, groups=groups)(x)
+    # Each group is normalised on its own: the window never reaches into the neighbouring group.
+    expected = torch.cat([lrn_reference(part, size, alpha, beta, k) for part in x.split(per_group, dim=1)], dim=1)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
 
 
 def test_lrn_matches_paper_formula() -> None:

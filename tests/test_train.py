@@ -271,3 +271,33 @@ def test_evaluation_counts_per_class_accuracy_and_errors():
     assert result["top1"] == 0.5 and result["top1_error"] == 0.5
     assert result["per_class_top1"] == [1.0, 0.0, 0.0] and result["per_class_images"] == [2, 1, 1]
     assert result["skipped"] == 1
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "onecycle"])
+def test_an_interrupted_run_resumes_exactly_with_any_schedule(tiny_data, tmp_path, monkeypatch, schedule):
+    # The one-cycle schedule cannot be extended, so the run is interrupted instead: Ctrl-C after the
+    # second epoch's checkpoint, then `--resume` with the same config.
+    cfg = _cfg(epochs=3, schedule=schedule, plateau_patience=0)
+    fit(tiny_data, tmp_path / "straight", cfg, quiet=True)
+
+    import alexnet.train as train
+
+    real, epochs_done = train.plot_curves, []
+
+    def interrupt_after_two(history, path):
+        real(history, path)
+        epochs_done.append(len(history))
+        if len(history) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "plot_curves", interrupt_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_data, tmp_path / "split", cfg, quiet=True)
+    monkeypatch.setattr(train, "plot_curves", real)
+    fit(tiny_data, tmp_path / "split", cfg, resume=True, quiet=True)
+    assert epochs_done == [1, 2]
+    a = _weights(tmp_path / "straight" / "checkpoints" / "last.safetensors")
+    b = _weights(tmp_path / "split" / "checkpoints" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lrs = [json.loads(s)["lr"] for s in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == [json.loads(s)["lr"] for s in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
