@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/alexnet benchmark --train --update-readme README.md
+	$(BIN)/python benchmarks/run.py --readme README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
