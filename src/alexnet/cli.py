@@ -304,7 +304,11 @@ _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alexnet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="alexnet",
+        description="AlexNet (Krizhevsky, Sutskever, Hinton 2012): define, train, evaluate, predict, benchmark, "
+        "export.  `alexnet COMMAND --help` for each command.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _PARSERS:
         add(sub)
