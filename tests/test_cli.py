@@ -240,3 +240,19 @@ def test_a_diverging_run_stops_with_exit_1_and_a_message(tmp_path, capsys):
     argv = ["train", str(tmp_path / "d"), "--output", str(tmp_path / "run"), *FAST, "--lr", "1e30"]
     err = _fails([*argv, "--precision", "fp32", "--schedule", "constant"], capsys, "loss became", code=1)
     assert "Try a lower --lr" in err
+
+
+def test_predicting_in_chunks_gives_the_same_answers(trained, tmp_path):
+    from alexnet.inference import image_paths, load_classifier, predict_files
+
+    data, run = trained
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    paths = image_paths([data / "test" / "red"]) + [tmp_path / "bad.png"] + image_paths([data / "test" / "blue"])
+    whole = predict_files(load_classifier(run), paths, precision="fp32")
+    chunked = predict_files(load_classifier(run), paths, precision="fp32", batch_size=2, heldout=3)
+    assert [r.get("error") is not None for r in chunked] == [p.name == "bad.png" for p in paths]
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.keys() == b.keys()
+        if "top" in a:
+            assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+            assert [t["probability"] for t in a["top"]] == pytest.approx([t["probability"] for t in b["top"]], abs=1e-5)

@@ -136,25 +136,42 @@ def image_paths(args: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def predict_files(
-    clf: Classifier, paths: Sequence[Path], *, top_k: int = 5, precision: str = "auto", batch_size: int = 64
+    clf: Classifier,
+    paths: Sequence[Path],
+    *,
+    top_k: int = 5,
+    precision: str = "auto",
+    batch_size: int = 64,
+    heldout: int = 256,
 ) -> list[dict[str, Any]]:
-    """Top-k class names and probabilities per file; an unreadable file gets ``{"error": ...}``."""
+    """Top-k class names and probabilities per file; an unreadable file gets ``{"error": ...}``.
+
+    Files are decoded ``batch_size`` at a time (a folder of any size fits in memory); the inference mode
+    is chosen on the first ``heldout`` readable images (see :meth:`Classifier.fast`).
+    """
     top_k = max(1, min(top_k, len(clf.classes)))
     results: list[dict[str, Any]] = [{"file": str(p)} for p in paths]
-    readable: list[tuple[int, Tensor]] = []
-    for i, p in enumerate(paths):
-        try:
-            readable.append((i, clf.decode(p)))
-        except data.DECODE_ERRORS as e:
-            results[i]["error"] = f"cannot read image: {data._reason(e)}"
-    if not readable:
-        return results
-    images = clf.preprocess(torch.stack([t for _, t in readable]))
-    clf.fast(images, precision, batch_size)
-    probs = torch.cat([clf(images[s : s + batch_size]).softmax(1) for s in range(0, len(images), batch_size)])
-    values, indices = probs.topk(top_k, dim=1)
-    for (i, _), v, k in zip(readable, values.tolist(), indices.tolist(), strict=True):
-        results[i]["top"] = [{"class": clf.classes[c], "index": c, "probability": p} for p, c in zip(v, k, strict=True)]
+    chunk = max(batch_size, heldout)
+    chosen = False
+    for start in range(0, len(paths), chunk):
+        readable: list[tuple[int, Tensor]] = []
+        for i in range(start, min(start + chunk, len(paths))):
+            try:
+                readable.append((i, clf.decode(paths[i])))
+            except data.DECODE_ERRORS as e:
+                results[i]["error"] = f"cannot read image: {data._reason(e)}"
+        if not readable:
+            continue
+        images = clf.preprocess(torch.stack([t for _, t in readable]))
+        if not chosen:
+            clf.fast(images[:heldout], precision, batch_size)
+            chosen = True
+        probs = torch.cat([clf(images[s : s + batch_size]).softmax(1) for s in range(0, len(images), batch_size)])
+        values, indices = probs.topk(top_k, dim=1)
+        for (i, _), v, k in zip(readable, values.tolist(), indices.tolist(), strict=True):
+            results[i]["top"] = [
+                {"class": clf.classes[c], "index": c, "probability": p} for p, c in zip(v, k, strict=True)
+            ]
     return results
 
 
