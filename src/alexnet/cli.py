@@ -120,7 +120,7 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: bf16/oneDNN where its top-1 agrees with fp32 on >= 99%% of held-out images, else fp32",
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

@@ -79,11 +79,14 @@ def load_classifier(
     *,
     model: str | None = None,
     weights: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
 ) -> Classifier:
     """A checkpoint file or run folder, an exported ``.onnx`` file, or ``model=NAME, weights=PATH``
-    (torchvision-format ImageNet weights, or ``"torchvision"`` for torchvision's download)."""
-    device = torch.device(device)
+    (torchvision-format ImageNet weights, or ``"torchvision"`` for torchvision's download).
+    ``device="auto"`` picks CUDA, then MPS, then the CPU."""
+    from .train import resolve_device
+
+    device = resolve_device(str(device))
     if model is not None or weights is not None:
         if model is None or weights is None:
             raise UserError("--model and --weights go together (e.g. --model alexnet --weights alexnet.pth)")
