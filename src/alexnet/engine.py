@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,14 @@ class Meter:
         }
 
 
+def _batches(loader: Iterable, meter: Meter, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, targets) on ``device``; counts the files each batch skipped, drops empty batches."""
+    for images, targets, skipped in loader:
+        meter.skipped += skipped
+        if targets.numel():
+            yield images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -92,12 +100,7 @@ def train_one_epoch(
     """One pass over ``loader``; returns mean loss, top-1/top-5 accuracy, images/s, skipped files."""
     model.train()
     meter = Meter()
-    for images, targets, skipped in loader:
-        meter.skipped += skipped
-        if targets.numel() == 0:
-            continue
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+    for images, targets in _batches(loader, meter, device):
         x = augment(images)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -151,12 +154,7 @@ def evaluate(
     meter, center = Meter(), Meter()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     mean, std = mean.to(device), std.to(device)
-    for images, targets, skipped in loader:
-        meter.skipped += skipped
-        if targets.numel() == 0:
-            continue
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+    for images, targets in _batches(loader, meter, device):
         # ten_crop order: 4 corners, centre, then the same of the mirror image (index 4 is the centre).
         views = TF.ten_crop(images, [crop, crop]) if ten_crop else (TF.center_crop(images, [crop, crop]),)
         probs = torch.zeros(images.shape[0], num_classes, device=device)
