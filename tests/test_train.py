@@ -15,6 +15,7 @@ from alexnet.checkpoint import (
     atomic_write_bytes,
     load_checkpoint,
     read_checkpoint,
+    read_metadata,
     resolve_checkpoint_path,
     save_checkpoint,
 )
@@ -89,6 +90,7 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
     save_checkpoint(tmp_path / "c.safetensors", model, meta)
     loaded, got = load_checkpoint(tmp_path / "c.safetensors")
     assert got["classes"] == ["a", "b", "c"] and got["epoch"] == 4
+    assert read_metadata(tmp_path / "c.safetensors") == got  # the header alone gives the same metadata
     for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
     with pytest.raises(UserError, match="holds a alexnet_small model, not alexnet"):

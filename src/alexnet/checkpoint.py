@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_bytes",
     "save_checkpoint",
     "read_checkpoint",
+    "read_metadata",
     "load_checkpoint",
     "resolve_checkpoint_path",
     "capture_rng",
@@ -107,24 +108,40 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, metadata) of a checkpoint file, validated; raises UserError for anything else."""
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a checkpoint file, validated, reading only its header (not the tensors)."""
     path = resolve_checkpoint_path(path)
-    raw = path.read_bytes()
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        raw = f.read(size) if 0 < size <= _MAX_HEADER else b""
     try:
-        tensors = st_load(raw)
-        header_len = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8 : 8 + header_len])
-    except (SafetensorError, ValueError, UnicodeDecodeError) as e:
+        if len(raw) != size:
+            raise ValueError("no safetensors header")
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not an alexnet checkpoint (not a safetensors file: {e})") from e
     try:
         meta = json.loads(header.get("__metadata__", {})["alexnet"])
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
         raise UserError(f"{path} is a safetensors file but not an alexnet checkpoint (no 'alexnet' metadata)") from e
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} is not an alexnet checkpoint (format {meta.get('format')!r})")
     if meta.get("version", 0) > VERSION:
         raise UserError(f"{path} was written by a newer alexnet (checkpoint version {meta['version']})")
+    return meta
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a checkpoint file, validated; raises UserError for anything else."""
+    path = resolve_checkpoint_path(path)
+    meta = read_metadata(path)
+    try:
+        tensors = st_load(path.read_bytes())
+    except SafetensorError as e:
+        raise UserError(f"{path} is not an alexnet checkpoint (not a safetensors file: {e})") from e
     return tensors, meta
 
 

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .checkpoint import atomic_write_bytes
 from .registry import UserError
 from .transforms import (
     IMAGENET_PCA,
@@ -45,6 +46,7 @@ __all__ = [
     "DataWarning",
     "IMG_EXTENSIONS",
     "load_rgb",
+    "image_files",
     "ImageFolderDataset",
     "stratified_split",
     "make_datasets",
@@ -119,7 +121,7 @@ def _is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively, following links like torchvision), sorted; no hidden ones."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -177,7 +179,7 @@ class ImageFolderDataset(Dataset):
         classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
         if not classes:
             raise UserError(f"no class folders in {root}: expected {root}/<class>/<image files>")
-        files = [(p, target) for target, name in enumerate(classes) for p in _image_files(root / name)]
+        files = [(p, target) for target, name in enumerate(classes) for p in image_files(root / name)]
         if not files:
             raise UserError(f"no images in {root}: its class folders hold no {'/'.join(IMG_EXTENSIONS)} files")
         reasons = _check_all([p for p, _ in files]) if verify else [None] * len(files)
@@ -469,10 +471,7 @@ def load_or_compute_pca(run_dir: str | os.PathLike, train_ds: Dataset, *, n_samp
         "n_samples": n_samples,
         "seed": seed,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
     return pca
 
 

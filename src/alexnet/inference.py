@@ -10,6 +10,7 @@ oneDNN only if their top-1 agrees with fp32 on the held-out images), unless ``pr
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -50,9 +51,13 @@ class Classifier:
     def __call__(self, images: Tensor) -> Tensor:
         return self.forward(images)
 
+    @functools.cached_property
+    def _decode(self) -> Callable[[Any], Tensor]:
+        return data.decode_transform(self.resize_size)
+
     def decode(self, path: str | os.PathLike) -> Tensor:
         """An image file -> uint8 (3, resize, resize): the paper's down-sampled image (section 2)."""
-        return data.decode_transform(self.resize_size)(data.load_rgb(path)).as_subclass(Tensor)
+        return self._decode(data.load_rgb(path)).as_subclass(Tensor)
 
     def preprocess(self, images_uint8: Tensor) -> Tensor:
         """uint8 (N, 3, resize, resize) -> the normalised centre crop the model takes."""
@@ -122,12 +127,12 @@ def load_classifier(
 # predict
 # --------------------------------------------------------------------------------------------
 def image_paths(args: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; a folder contributes its image files (recursively, sorted)."""
+    """Files as given; a folder contributes its image files (recursively, sorted, no hidden ones)."""
     out: list[Path] = []
     for a in args:
         p = Path(a)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in data.IMG_EXTENSIONS)
+            found = data.image_files(p)
             if not found:
                 raise UserError(f"no image files in folder {p}")
             out += found

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .columns import to_columns
-from .models import SPECS, AlexNet, ArchSpec, build
+from .models import SPECS, ArchSpec, build
 
 __all__ = ["create_model", "list_models", "get_spec", "load_weights_file", "UserError"]
 
@@ -100,7 +100,3 @@ def imagenet_categories() -> list[str]:
     from torchvision.models import AlexNet_Weights
 
     return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def is_alexnet(model: nn.Module) -> bool:
-    return isinstance(model, AlexNet)

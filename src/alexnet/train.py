@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import data
 from .checkpoint import (
@@ -27,6 +26,7 @@ from .checkpoint import (
     load_training_state,
     model_state,
     read_checkpoint,
+    read_metadata,
     restore_rng,
     save_checkpoint,
 )
@@ -319,8 +319,7 @@ def _log_tensorboard(writer: Any, line: dict[str, Any]) -> None:
 
 def continue_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig:
     """The config a resumed run continues with: the saved one, plus flags given now (e.g. more --epochs)."""
-    _, meta = read_checkpoint(Path(run_dir) / "checkpoints" / "last.safetensors")
-    saved = config_from_dict(meta["config"])
+    saved = config_from_dict(read_metadata(Path(run_dir) / "checkpoints" / "last.safetensors")["config"])
     cfg = config_from_dict(overrides, base=saved) if overrides else saved
     for name in ("model", "schedule"):
         if getattr(cfg, name) != getattr(saved, name):
@@ -331,7 +330,3 @@ def continue_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConf
             "start a new run (or use --schedule step or plateau for runs you want to extend)"
         )
     return cfg
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
