@@ -352,6 +352,78 @@ def test_lrn_groups_keep_the_window_inside_each_half() -> None:
     torch.testing.assert_close(got[:, [0, 1, 2, 3, 8, 9, 10, 11]], whole[:, [0, 1, 2, 3, 8, 9, 10, 11]])
 
 
+def lrn_differentiable_reference(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int):
+    """The same formula as ``lrn_reference`` with one explicit sum per output map, in torch ops so
+    autograd differentiates it (an independent route to the gradient)."""
+    per_group = x.shape[1] // groups
+    maps = []
+    for i in range(x.shape[1]):
+        first = (i // per_group) * per_group
+        lo, hi = max(first, i - size // 2), min(first + per_group - 1, i + (size - 1) // 2)
+        s = sum(x[:, j] ** 2 for j in range(lo, hi + 1))
+        maps.append(x[:, i] / (k + alpha * s) ** beta)
+    return torch.stack(maps, dim=1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    per_group=st.integers(1, 7),
+    size=st.integers(1, 7),
+    alpha=st.floats(1e-5, 1e-2),
+    beta=st.floats(0.25, 1.0),
+    k=st.floats(0.5, 3.0),
+    seed=st.integers(0, 2**16),
+)
+def test_lrn_gradient_matches_autograd_of_the_formula(groups, per_group, size, alpha, beta, k, seed) -> None:
+    x = large_activations((2, groups * per_group, 2, 3), seed=seed).requires_grad_()
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    layer = LocalResponseNorm(size, alpha=alpha, beta=beta, k=k, groups=groups)
+    (got,) = torch.autograd.grad(layer(x), x, upstream)
+    (expected,) = torch.autograd.grad(lrn_differentiable_reference(x, size, alpha, beta, k, groups), x, upstream)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [4, 5])
+def test_lrn_gradient_passes_gradcheck(size: int) -> None:
+    # Finite differences against the hand-written backward (an even size has a mirrored adjoint window).
+    x = (torch.randn(2, 7, 3, 2, dtype=torch.float64) * 30).requires_grad_()
+    layer = LocalResponseNorm(size, alpha=1e-3, beta=0.75, k=2.0, groups=1)
+    assert torch.autograd.gradcheck(layer, (x,))
+    assert torch.autograd.gradcheck(LocalResponseNorm(size, alpha=1e-3, beta=0.6, k=1.0, groups=2), (x[:, :6],))
+
+
+def test_lrn_every_execution_path_computes_the_same_function() -> None:
+    # Autograd's path (hand-written gradient), the no-grad path and the traced path (export, compile).
+    x = large_activations((2, 10, 3, 3), seed=3)
+    expected = torch.cat([lrn_reference(h, 5, 1e-4, 0.75, 2.0) for h in x.chunk(2, dim=1)], dim=1)
+    layer = LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
+    with torch.no_grad():
+        no_grad = layer(x)
+    with_grad = layer(x.clone().requires_grad_())
+    traced = torch.jit.trace(layer, x.clone().requires_grad_(), check_trace=False)(x)
+    assert with_grad.grad_fn is not None and "LRN" in type(with_grad.grad_fn).__name__
+    for got in (no_grad, with_grad.detach(), traced):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+def test_lrn_keeps_channels_last_and_computes_bf16_in_float32() -> None:
+    x64 = large_activations((2, 12, 4, 4), seed=4)
+    x = x64.to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    layer = LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(x.shape, dtype=torch.float64)
+    y.backward(upstream.to(torch.bfloat16))
+    assert x.grad.dtype == torch.bfloat16 and x.grad.is_contiguous(memory_format=torch.channels_last)
+    ref_in = x.detach().double().requires_grad_()  # the bf16-rounded input, so only the arithmetic differs
+    ref = lrn_differentiable_reference(ref_in, 5, 1e-4, 0.75, 2.0, 2)
+    ref.backward(upstream.to(torch.bfloat16).double())
+    # One bf16 rounding of the result (2^-8 relative), no more: the sums ran in float32.
+    torch.testing.assert_close(y.double(), ref.detach(), rtol=2**-8, atol=0)
+    torch.testing.assert_close(x.grad.double(), ref_in.grad, rtol=2**-8, atol=2**-8 * ref_in.grad.abs().max().item())
+
+
 # ------------------------------------------------------------------------------------------ alexnet_bn (Keras seed)
 def tf_same_pads(size: int, k: int, s: int) -> tuple[int, int]:
     """TensorFlow's documented 'SAME' padding: total = max(k - s, 0) if size % s == 0 else max(k - size % s, 0)."""
