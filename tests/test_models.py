@@ -393,18 +393,29 @@ def test_lrn_gradient_passes_gradcheck(size: int) -> None:
     assert torch.autograd.gradcheck(LocalResponseNorm(size, alpha=1e-3, beta=0.6, k=1.0, groups=2), (x[:, :6],))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
 def test_lrn_every_execution_path_computes_the_same_function() -> None:
-    # Autograd's path (hand-written gradient), the no-grad path and the traced path (export, compile).
+    # Autograd's path (hand-written gradient), the no-grad path, and the out-of-place path tracers
+    # take (torch.export, which the ONNX export uses; torch.jit.trace, which the TorchScript one uses).
     x = large_activations((2, 10, 3, 3), seed=3)
     expected = torch.cat([lrn_reference(h, 5, 1e-4, 0.75, 2.0) for h in x.chunk(2, dim=1)], dim=1)
     layer = LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
     with torch.no_grad():
         no_grad = layer(x)
     with_grad = layer(x.clone().requires_grad_())
-    traced = torch.jit.trace(layer, x.clone().requires_grad_(), check_trace=False)(x)
     assert with_grad.grad_fn is not None and "LRN" in type(with_grad.grad_fn).__name__
-    for got in (no_grad, with_grad.detach(), traced):
+    program = torch.export.export(layer, (x.clone().requires_grad_(),))
+    graph_ops = {str(node.target) for node in program.graph.nodes}
+    assert not any("_LRNFunction" in op or "add_" in op for op in graph_ops), graph_ops  # out of place
+    exported = program.module()(x)
+    traced = torch.jit.trace(layer, x.clone().requires_grad_(), check_trace=False)(x)
+    for got in (no_grad, with_grad.detach(), exported, traced):
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+def test_lrn_rejects_channels_that_do_not_split_into_its_groups() -> None:
+    with pytest.raises(ValueError, match="5 channels do not split evenly"):
+        LocalResponseNorm(groups=2)(torch.ones(1, 5, 2, 2, requires_grad=True))
 
 
 def test_lrn_keeps_channels_last_and_computes_bf16_in_float32() -> None:

@@ -125,12 +125,11 @@ class LocalResponseNorm(nn.Module):
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        if c % self.groups:
-            raise ValueError(f"LocalResponseNorm(groups={self.groups}): {c} channels do not split evenly")
-        constants = (self.size, self.alpha, self.beta, self.k, self.groups)
         if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return self._traceable(x)
+        if x.shape[1] % self.groups:
+            raise ValueError(f"LocalResponseNorm(groups={self.groups}): {x.shape[1]} channels do not split evenly")
+        constants = (self.size, self.alpha, self.beta, self.k, self.groups)
         if torch.is_grad_enabled() and x.requires_grad:
             return _LRNFunction.apply(x, *constants)
         xf, _, p = _lrn_terms(x, *constants)
