@@ -26,6 +26,16 @@ from alexnet.fast import (
 )
 
 SLOW_MODES = {"compile-fp32", "compile-bf16"}  # a few seconds of inductor compilation each
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _device_for(mode) -> str:
+    """Where a mode is tested: the CPU when it runs there, else CUDA (skipped without one)."""
+    if "cpu" in mode.devices:
+        return "cpu"
+    if not torch.cuda.is_available():
+        pytest.skip(f"{mode.name} runs on {'/'.join(mode.devices)}; no CUDA device here")
+    return "cuda"
 
 
 def _small(num_classes: int = 10, seed: int = 0, **kw) -> torch.nn.Module:
@@ -50,10 +60,10 @@ def test_inference_mode_matches_fp32_within_its_tolerance(mode, images):
     with torch.no_grad():
         ref = model(images)
     try:
-        predictor = prepare_inference(model, mode, images[:4])
+        predictor = prepare_inference(model, mode, images[:4], device=_device_for(INFERENCE_MODES[mode]))
     except ModeUnavailable as e:
         pytest.skip(str(e))
-    out = predictor(images)  # a batch size other than the example's
+    out = predictor(images).cpu()  # a batch size other than the example's
     assert out.dtype == torch.float32 and out.shape == ref.shape
     assert _relative_error(out, ref) <= INFERENCE_MODES[mode].tolerance
 
@@ -139,11 +149,13 @@ def test_default_precision_is_bf16_only_where_it_is_native():
     assert default_precision("cpu", training=True) in ("fp32", "bf16")
 
 
-def _one_step(mode: str, images: torch.Tensor, targets: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+def _one_step(
+    mode: str, images: torch.Tensor, targets: torch.Tensor, device: str = "cpu"
+) -> tuple[float, dict[str, torch.Tensor]]:
     model = _small(dropout=0.0)
-    step = prepare_training(model, mode, lr=0.1)
+    step = prepare_training(model, mode, lr=0.1, device=device)
     loss = float(step(images, targets))
-    return loss, {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    return loss, {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize(
@@ -161,7 +173,7 @@ def test_training_step_matches_fp32_within_its_tolerance(mode, images):
     for k, v in model.state_dict().items():
         torch.testing.assert_close(ref[k], v)
     try:
-        loss, got = _one_step(mode, images, targets)
+        loss, got = _one_step(mode, images, targets, _device_for(TRAINING_MODES[mode]))
     except ModeUnavailable as e:
         pytest.skip(str(e))
     tol = TRAINING_MODES[mode].tolerance
@@ -195,3 +207,61 @@ def test_allocator_tuning_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(fast, "_allocator_tuned", False)
     monkeypatch.setenv("ALEXNET_TUNE_ALLOCATOR", "0")
     assert tune_cpu_allocator() is False
+
+
+# ------------------------------------------------------------------------------------------ CUDA
+@needs_cuda
+@pytest.mark.parametrize("mode", [m for m, spec in INFERENCE_MODES.items() if "cuda" in spec.devices])
+def test_every_cuda_inference_mode_matches_cpu_fp32(mode, images, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 means fp32 here (TF32 is on by default)
+    model = _small()
+    with torch.no_grad():
+        ref = model(images)
+    try:
+        predictor = prepare_inference(model, mode, images[:4], device="cuda")
+    except ModeUnavailable as e:
+        pytest.skip(str(e))
+    out = predictor(images)
+    assert out.device.type == "cuda"
+    # cuDNN sums in another order than the CPU: fp32 modes within 1e-4, the others their own tolerance.
+    assert _relative_error(out.cpu(), ref) <= max(INFERENCE_MODES[mode].tolerance, 1e-4)
+    assert next(model.parameters()).device.type == "cpu"  # the model itself stays where it was
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", [m for m, spec in TRAINING_MODES.items() if "cuda" in spec.devices])
+def test_every_cuda_training_mode_moves_the_weights_like_cpu_fp32(mode, images, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    targets = torch.arange(len(images)) % 10
+    start = {k: v.clone() for k, v in _small(dropout=0.0).state_dict().items()}
+    ref_loss, ref = _one_step("eager-fp32", images, targets)
+    try:
+        loss, got = _one_step(mode, images, targets, "cuda")
+    except ModeUnavailable as e:
+        pytest.skip(str(e))
+    tol = max(TRAINING_MODES[mode].tolerance, 1e-4)  # cuDNN's fp32 is not bitwise the CPU's
+    assert abs(loss - ref_loss) <= tol * abs(ref_loss)
+    for k in ref:
+        cos = F.cosine_similarity((got[k] - start[k]).flatten(), (ref[k] - start[k]).flatten(), dim=0)
+        assert 1 - float(cos) <= tol, k
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_lrn_on_cuda_matches_the_cpu(dtype):
+    from alexnet.models import LocalResponseNorm
+
+    x = (torch.randn(4, 12, 9, 9, generator=torch.Generator().manual_seed(0)) * 30).to(dtype)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    layer = LocalResponseNorm(5, 1e-4, 0.75, 2.0, groups=2)
+    outs, grads = [], []
+    for device in ("cpu", "cuda"):
+        xd = x.to(device).contiguous(memory_format=torch.channels_last).requires_grad_()
+        y = layer(xd)
+        y.backward(upstream.to(device))
+        assert y.dtype == dtype and y.device.type == device
+        outs.append(y.detach().float().cpu())
+        grads.append(xd.grad.float().cpu())
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
+    torch.testing.assert_close(outs[1], outs[0], rtol=tol, atol=tol * outs[0].abs().max().item())
+    torch.testing.assert_close(grads[1], grads[0], rtol=tol, atol=tol * grads[0].abs().max().item())

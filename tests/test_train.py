@@ -303,3 +303,19 @@ def test_an_interrupted_run_resumes_exactly_with_any_schedule(tiny_data, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
     lrs = [json.loads(s)["lr"] for s in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert lrs == [json.loads(s)["lr"] for s in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------ CUDA
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_run_on_cuda_trains_resumes_and_its_checkpoint_loads_on_the_cpu(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    # precision auto: bf16 autocast on Ampere or newer, fp16 with loss scaling before; pinned memory.
+    fit(tiny_data, run, _cfg(epochs=1, device="cuda", precision="auto"), quiet=True)
+    fit(tiny_data, run, _cfg(epochs=2, device="cuda", precision="auto"), resume=True, quiet=True)
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in lines] == [1, 2]
+    assert all(h["train_loss"] == h["train_loss"] for h in lines)  # not NaN
+    model, meta = load_checkpoint(run / "checkpoints" / "last.safetensors")
+    assert next(model.parameters()).device.type == "cpu" and meta["epoch"] == 2
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(torch.randn(2, 3, 32, 32))).all()

@@ -412,8 +412,10 @@ def prepare_inference(
     start = time.perf_counter()
     fn: Callable[[torch.Tensor], torch.Tensor]
     if spec.engine == "eager":
-        m = copy.deepcopy(model).to(device, memory_format=torch.channels_last) if spec.channels_last else model
-        fn = _channels_last(m) if spec.channels_last else m
+        if spec.channels_last:
+            fn = _channels_last(copy.deepcopy(model).to(device, memory_format=torch.channels_last))
+        else:  # the model itself, or a copy on the requested device
+            fn = model if _model_device(model) == device else copy.deepcopy(model).to(device)
     elif spec.engine == "autocast":
         m = copy.deepcopy(model).to(device, memory_format=torch.channels_last)
         fn = _autocast(_channels_last(m), device, spec.precision)
