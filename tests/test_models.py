@@ -296,8 +296,8 @@ def large_activations(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return (sign * (10 + 90 * torch.rand(shape, generator=g))).double()  # |a| in [10, 100]
 
 
-@settings(max_examples=40, deadline=None)
-@given(
+# Any group count and size (also larger than a group), any constants: hypothesis draws them.
+LRN_CASES = dict(
     groups=st.integers(1, 3),
     per_group=st.integers(1, 7),
     size=st.integers(1, 7),
@@ -306,6 +306,10 @@ def large_activations(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     k=st.floats(0.5, 3.0),
     seed=st.integers(0, 2**16),
 )
+
+
+@settings(max_examples=40, deadline=None)
+@given(**LRN_CASES)
 def test_lrn_matches_the_formula_per_group_for_any_constants(groups, per_group, size, alpha, beta, k, seed) -> None:
     x = large_activations((1, groups * per_group, 2, 2), seed=seed)
     got = LocalResponseNorm(size, alpha=alpha, beta=beta, k=k, groups=groups)(x)
@@ -366,15 +370,7 @@ def lrn_differentiable_reference(x: torch.Tensor, size: int, alpha: float, beta:
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    groups=st.integers(1, 3),
-    per_group=st.integers(1, 7),
-    size=st.integers(1, 7),
-    alpha=st.floats(1e-5, 1e-2),
-    beta=st.floats(0.25, 1.0),
-    k=st.floats(0.5, 3.0),
-    seed=st.integers(0, 2**16),
-)
+@given(**LRN_CASES)
 def test_lrn_gradient_matches_autograd_of_the_formula(groups, per_group, size, alpha, beta, k, seed) -> None:
     x = large_activations((2, groups * per_group, 2, 3), seed=seed).requires_grad_()
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
