@@ -66,12 +66,14 @@ def _inverse_power(d: torch.Tensor, beta: float) -> torch.Tensor:
     return d.pow(-beta)
 
 
-def _lrn_terms(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int):
-    """Forward LRN in (at least) fp32: returns ``x`` as computed, ``d = k + alpha * window sum`` and
-    ``p = d ** -beta``; the output is ``x * p``."""
+def _lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int):
+    """LRN computed in (at least) fp32: returns the output ``x * p`` in ``x``'s dtype, and
+    ``d = k + alpha * window sum`` and ``p = d ** -beta`` (what the gradient needs)."""
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
     d = _window_sum(xf * xf, size, groups, size // 2).mul_(alpha).add_(k)
-    return xf, d, _inverse_power(d, beta)
+    p = _inverse_power(d, beta)
+    y = xf.mul_(p) if xf is not x else xf * p  # in place only on our own fp32 copy
+    return y.to(x.dtype), d, p
 
 
 class _LRNFunction(torch.autograd.Function):
@@ -84,10 +86,10 @@ class _LRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k, groups):  # noqa: ANN001, ANN205 (autograd.Function API)
-        xf, d, p = _lrn_terms(x, size, alpha, beta, k, groups)
+        y, d, p = _lrn_forward(x, size, alpha, beta, k, groups)
         ctx.save_for_backward(x, d, p)
         ctx.constants = (size, alpha, beta, groups)
-        return (xf * p).to(x.dtype)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -132,8 +134,7 @@ class LocalResponseNorm(nn.Module):
         constants = (self.size, self.alpha, self.beta, self.k, self.groups)
         if torch.is_grad_enabled() and x.requires_grad:
             return _LRNFunction.apply(x, *constants)
-        xf, _, p = _lrn_terms(x, *constants)
-        return xf.mul_(p).to(x.dtype) if xf is not x else (xf * p)
+        return _lrn_forward(x, *constants)[0]
 
     def _traceable(self, x: torch.Tensor) -> torch.Tensor:
         # The window sum as `size` shifted slices of the zero-padded squares, all out of place.
