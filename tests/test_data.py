@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -22,12 +21,10 @@ from alexnet.data import (
     load_rgb,
     make_datasets,
     make_loader,
-    prepare_digits,
-    resolve_dataset,
     stratified_split,
 )
+from alexnet.errors import UserError
 from alexnet.models import DataConfig
-from alexnet.registry import UserError
 from alexnet.transforms import decode_transform, eval_transform
 
 RNG = np.random.default_rng(0)
@@ -360,73 +357,3 @@ def test_pca_is_computed_once_and_reused_from_the_run_dir(tmp_path):
     (run / "pca.json").write_text("{")
     with pytest.raises(UserError, match="pca.json"):
         load_or_compute_pca(run, ds)
-
-
-# --------------------------------------------------------------------------------------------
-# Digits
-# --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return prepare_digits(tmp_path_factory.mktemp("cache"))
-
-
-def _listing(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*.png"))
-
-
-def test_digits_are_1797_pngs_split_70_10_20_with_every_class_in_every_split(digits):
-    counts = {}
-    for split in ("train", "val", "test"):
-        assert sorted(p.name for p in (digits / split).iterdir()) == [str(k) for k in range(10)]
-        per_class = [len(list((digits / split / str(k)).glob("*.png"))) for k in range(10)]
-        assert min(per_class) > 0
-        counts[split] = sum(per_class)
-    assert sum(counts.values()) == 1797
-    assert counts["train"] == pytest.approx(0.7 * 1797, abs=10)
-    assert counts["val"] == pytest.approx(0.1 * 1797, abs=10)
-    assert counts["test"] == pytest.approx(0.2 * 1797, abs=10)
-
-
-def test_digit_files_hold_the_scaled_sklearn_pixels(digits):
-    from sklearn.datasets import load_digits
-
-    ref = load_digits()
-    some = sorted((digits / "test").rglob("*.png"))[:5]
-    for path in some:
-        i = int(path.stem)
-        image = Image.open(path)
-        assert image.mode == "L" and image.size == (8, 8)
-        assert int(path.parent.name) == ref.target[i]
-        np.testing.assert_array_equal(np.asarray(image), np.rint(ref.images[i] * 255 / 16).astype(np.uint8))
-
-
-def test_digits_are_reproducible_and_reused(digits, tmp_path):
-    marker_time = (digits / ".complete").stat().st_mtime_ns
-    assert prepare_digits(digits.parent) == digits
-    assert (digits / ".complete").stat().st_mtime_ns == marker_time  # reused, not rewritten
-    assert _listing(prepare_digits(tmp_path)) == _listing(digits)
-
-
-def test_an_interrupted_digits_folder_is_rewritten(tmp_path):
-    half = tmp_path / "digits" / "train" / "0"
-    half.mkdir(parents=True)
-    (half / "0000.png").write_bytes(b"partial")  # no marker: an interrupted write of an older layout
-    root = prepare_digits(tmp_path)
-    assert len(_listing(root)) == 1797
-    assert not [p for p in tmp_path.iterdir() if p.name != "digits"]  # no temporary folder left behind
-
-
-def test_digits_go_through_the_folder_pipeline(digits):
-    train, val, classes = make_datasets(digits, train_transform=decode_transform(8))
-    assert classes == [str(k) for k in range(10)] and val is not None
-    image, target = train[0]
-    assert image.shape == (3, 8, 8) and image.dtype == torch.uint8
-
-
-def test_resolve_dataset_maps_digits_to_the_cache_and_passes_paths_through(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
-    assert resolve_dataset("digits") == tmp_path / "digits"
-    assert (tmp_path / "digits" / ".complete").exists()
-    assert resolve_dataset("some/folder") == Path("some/folder")
-    assert resolve_dataset(Path("digits")) == Path("digits")
-    assert os.fspath(resolve_dataset("./digits")) == "digits"

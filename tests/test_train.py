@@ -12,16 +12,16 @@ import yaml
 
 from alexnet import create_model
 from alexnet.checkpoint import (
-    atomic_write_bytes,
     load_checkpoint,
     read_checkpoint,
     read_metadata,
     resolve_checkpoint_path,
     save_checkpoint,
 )
-from alexnet.engine import TrainingDiverged, evaluate, topk_correct
+from alexnet.engine import evaluate, topk_correct
+from alexnet.errors import TrainingDiverged, UserError
+from alexnet.files import atomic_write_bytes
 from alexnet.recipes import RECIPES, TrainConfig, config_to_dict, resolve_config
-from alexnet.registry import UserError
 from alexnet.train import fit
 
 

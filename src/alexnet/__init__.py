@@ -2,8 +2,9 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .columns import AlexNetColumns, to_columns, to_grouped
+from .errors import UserError
 from .models import AlexNet, ArchSpec, ConvSpec, DataConfig, LocalResponseNorm
-from .registry import UserError, create_model, get_spec, list_models
+from .registry import create_model, get_spec, list_models
 
 __version__ = "0.1.0"
 

@@ -496,7 +496,7 @@ def markdown_report(result: dict[str, Any]) -> str:
 
 def update_readme(path: str | os.PathLike, result: dict[str, Any]) -> None:
     """Replace the block between the bench markers in ``path`` (appending a section if it has none)."""
-    from .checkpoint import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     path = Path(path)
     text = path.read_text() if path.exists() else ""

@@ -13,9 +13,7 @@ crash never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +24,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .registry import UserError, create_model
+from .errors import UserError
+from .files import atomic_write_bytes
+from .registry import create_model
 
 __all__ = [
-    "atomic_write_bytes",
     "save_checkpoint",
     "read_checkpoint",
     "read_metadata",
@@ -41,22 +40,6 @@ __all__ = [
 
 FORMAT = "alexnet-checkpoint"
 VERSION = 1
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(

@@ -9,7 +9,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .registry import UserError, list_models
+from .errors import UserError
+from .registry import list_models
 
 Command = Callable[[argparse.Namespace], int | None]
 
@@ -78,7 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from .data import resolve_dataset
+    from .datasets import resolve_dataset
     from .engine import TrainingDiverged
     from .recipes import TrainConfig, resolve_config
     from .train import continue_config, fit

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -29,8 +27,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .checkpoint import atomic_write_bytes
-from .registry import UserError
+from .errors import UserError
+from .files import atomic_write_bytes
 from .transforms import (
     IMAGENET_PCA,
     PCA,
@@ -55,8 +53,6 @@ __all__ = [
     "make_loader",
     "compute_pca",
     "load_or_compute_pca",
-    "prepare_digits",
-    "resolve_dataset",
     # re-exported from alexnet.transforms
     "PCA",
     "IMAGENET_PCA",
@@ -473,76 +469,3 @@ def load_or_compute_pca(run_dir: str | os.PathLike, train_ds: Dataset, *, n_samp
     }
     atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
     return pca
-
-
-# --------------------------------------------------------------------------------------------
-# The bundled real dataset: scikit-learn's 8x8 digits as PNG files
-# --------------------------------------------------------------------------------------------
-DIGITS_SPLITS = {"train": 0.7, "val": 0.1, "test": 0.2}  # stratified per class, seed DIGITS_SEED
-DIGITS_SEED = 0
-_DIGITS_MARKER = ".complete"
-_DIGITS_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """``$ALEXNET_CACHE``, else ``~/.cache/alexnet``."""
-    return Path(os.environ.get("ALEXNET_CACHE") or Path.home() / ".cache" / "alexnet")
-
-
-def _digits_complete(folder: Path) -> bool:
-    try:
-        return json.loads((folder / _DIGITS_MARKER).read_text()).get("version") == _DIGITS_VERSION
-    except (OSError, ValueError):
-        return False
-
-
-def prepare_digits(cache_dir: str | os.PathLike | None = None) -> Path:
-    """scikit-learn's 1,797 8x8 digits as ``<cache>/digits/{train,val,test}/<0-9>/<index>.png``.
-
-    8-bit grayscale PNGs (the 0-16 values scaled to 0-255), named by their index in ``load_digits()``;
-    split 70/10/20 per class with a fixed seed, so the test split is the same held-out set everywhere. Written
-    to a temporary folder and renamed into place, so an interrupted write never leaves a half dataset; a
-    complete folder (its marker file present) is reused.
-    """
-    target = Path(cache_dir) / "digits" if cache_dir is not None else default_cache_dir() / "digits"
-    if _digits_complete(target):
-        return target
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = np.rint(digits.images * (255 / 16)).clip(0, 255).astype(np.uint8)
-    labels = digits.target.astype(int)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=target.parent))
-    try:
-        parts = stratified_split(labels, list(DIGITS_SPLITS.values()), seed=DIGITS_SEED)
-        for split, indices in zip(DIGITS_SPLITS, parts, strict=True):
-            for k in range(10):
-                (tmp / split / str(k)).mkdir(parents=True)
-            for i in indices:
-                Image.fromarray(pixels[i], mode="L").save(tmp / split / str(labels[i]) / f"{i:04d}.png")
-        counts = {s: len(p) for s, p in zip(DIGITS_SPLITS, parts, strict=True)}
-        (tmp / _DIGITS_MARKER).write_text(json.dumps({"version": _DIGITS_VERSION, "counts": counts}) + "\n")
-        if target.exists() and not _digits_complete(target):
-            shutil.rmtree(target)  # a folder left by something else, or an older version
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not _digits_complete(target):  # not a concurrent writer that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-DATASETS: dict[str, Callable[[], Path]] = {"digits": prepare_digits}
-
-
-def resolve_dataset(name_or_path: str | os.PathLike) -> Path:
-    """A bundled dataset's name (``"digits"``) -> its prepared folder; anything else is a path.
-
-    A folder that happens to be called ``digits`` can be passed as ``./digits``.
-    """
-    if isinstance(name_or_path, str) and name_or_path in DATASETS:
-        return DATASETS[name_or_path]()
-    return Path(name_or_path)

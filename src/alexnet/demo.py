@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import cli
-from .data import prepare_digits
+from .datasets import prepare_digits
 
 TARGET_TOP1 = 0.98
 

@@ -18,13 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from .errors import TrainingDiverged
 from .fast import autocast_context as autocast
 
 __all__ = ["TrainingDiverged", "train_one_epoch", "evaluate", "normalize", "topk_correct", "autocast"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_bytes
+from .files import atomic_write_bytes
 
 __all__ = [
     "FORMATS",

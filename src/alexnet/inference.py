@@ -24,10 +24,13 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from . import data
-from .checkpoint import atomic_write_bytes, load_checkpoint, resolve_checkpoint_path
+from .checkpoint import load_checkpoint, resolve_checkpoint_path
+from .datasets import resolve_dataset
 from .engine import evaluate, normalize
+from .errors import UserError
 from .export import OnnxClassifier, is_onnx_file
-from .registry import UserError, create_model, get_spec, imagenet_categories
+from .files import atomic_write_bytes
+from .registry import create_model, get_spec, imagenet_categories
 
 __all__ = ["Classifier", "load_classifier", "predict_files", "evaluate_folder", "image_paths", "write_eval_csv"]
 
@@ -188,7 +191,7 @@ def predict_files(
 # --------------------------------------------------------------------------------------------
 def eval_folder(root: str | os.PathLike) -> Path:
     """``DATA/test``, else ``DATA/val``, else ``DATA`` itself."""
-    root = data.resolve_dataset(root)
+    root = resolve_dataset(root)
     if not Path(root).is_dir():
         raise UserError(f"data folder not found: {root}")
     for split in ("test", "val"):

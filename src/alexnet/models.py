@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputTooSmall
+
 __all__ = [
     "ArchSpec",
     "ConvSpec",
@@ -358,7 +360,7 @@ def check_input(x: torch.Tensor, name: str, min_size: int) -> None:
         raise ValueError(f"{name} expects a batch of RGB images (N, 3, H, W), got shape {tuple(x.shape)}")
     h, w = int(x.shape[-2]), int(x.shape[-1])
     if min(h, w) < min_size:
-        raise ValueError(f"{name} needs inputs of at least {min_size}x{min_size} pixels, got {h}x{w}")
+        raise InputTooSmall(f"{name} needs inputs of at least {min_size}x{min_size} pixels, got {h}x{w}")
 
 
 def _make_features(spec: ArchSpec) -> nn.Sequential:

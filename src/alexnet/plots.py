@@ -17,7 +17,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    from .checkpoint import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     epochs = [h["epoch"] for h in history]
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .registry import UserError
+from .errors import UserError
 
 __all__ = ["TrainConfig", "RECIPES", "resolve_config", "config_to_dict", "config_from_dict"]
 
@@ -177,6 +177,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from .checkpoint import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     atomic_write_bytes(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())

@@ -1,37 +1,59 @@
-"""One registry for every variant: ``create_model(name, ...)`` and ``list_models()``."""
+"""One registry for every variant: named builders (``register_model``), ``create_model(name, ...)``,
+``list_models()``."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .columns import to_columns
-from .models import SPECS, ArchSpec, build
+from .errors import UserError
+from .models import ALEXNET2012, ALEXNET_BN, ALEXNET_SMALL, ALEXNET_TORCHVISION, AlexNet, ArchSpec, build
 
-__all__ = ["create_model", "list_models", "get_spec", "load_weights_file", "UserError"]
-
-COLUMNS_SUFFIX = "_columns"
+__all__ = ["create_model", "list_models", "get_spec", "load_weights_file", "register_model", "MODELS"]
 
 
-class UserError(Exception):
-    """A problem with the user's input (file, flag, data) that the CLI reports in one line."""
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered variant: its architecture table, and a conversion applied after the weights load."""
+
+    spec: ArchSpec
+    convert: Callable[[AlexNet], nn.Module] | None = None
+
+
+# Every name create_model accepts. The columns form shares alexnet2012's table and weights layout.
+MODELS: dict[str, ModelEntry] = {
+    **{s.name: ModelEntry(s) for s in (ALEXNET2012, ALEXNET_TORCHVISION, ALEXNET_BN, ALEXNET_SMALL)},
+    "alexnet2012_columns": ModelEntry(ALEXNET2012, to_columns),
+}
+
+
+def register_model(name: str, spec: ArchSpec, convert: Callable[[AlexNet], nn.Module] | None = None) -> None:
+    """Add a variant: a new architecture table (and optionally a conversion of the built model)."""
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    MODELS[name] = ModelEntry(spec, convert)
 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
-    names = list(SPECS)
-    names += [n + COLUMNS_SUFFIX for n, s in SPECS.items() if s.columns > 1]
-    return sorted(names)
+    return sorted(MODELS)
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    return MODELS[name]
 
 
 def get_spec(name: str) -> ArchSpec:
-    base = name.removesuffix(COLUMNS_SUFFIX)
-    if base not in SPECS or (name != base and SPECS[base].columns < 2):
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    return SPECS[base]
+    """The architecture table behind a registered name."""
+    return _entry(name).spec
 
 
 def create_model(
@@ -51,11 +73,11 @@ def create_model(
         weights: a local weights file (a torchvision-format ``state_dict`` saved with ``torch.save``,
             or ``.safetensors``) loaded strictly; or ``"torchvision"`` for torchvision's
             ``AlexNet_Weights.IMAGENET1K_V1`` (downloaded to torch's cache; ``alexnet`` only).
-        init: override the variant's initialisation (``paper``, ``caffe``, ``keras``, ``torch``).
+        init: override the variant's initialisation (``paper``, ``caffe``, ``keras``, ``torch``, ``kaiming``).
         dropout: override the dropout probability.
     """
-    spec = get_spec(name)
-    model: nn.Module = build(spec, num_classes, init=init, dropout=dropout)
+    entry = _entry(name)
+    model = build(entry.spec, num_classes, init=init, dropout=dropout)
     if weights is not None:
         state = _torchvision_state_dict() if str(weights) == "torchvision" else load_weights_file(weights)
         try:
@@ -63,9 +85,7 @@ def create_model(
         except RuntimeError as e:
             first = str(e).splitlines()[0:3]
             raise UserError(f"weights {weights} do not fit {name} with {num_classes} classes: {' '.join(first)}") from e
-    if name.endswith(COLUMNS_SUFFIX):
-        model = to_columns(model)  # type: ignore[arg-type]
-    return model
+    return entry.convert(model) if entry.convert is not None else model
 
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

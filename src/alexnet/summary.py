@@ -7,8 +7,9 @@ from typing import Any
 from torch import nn
 from torchinfo import summary as torchinfo_summary
 
+from .errors import UserError
 from .models import min_input_size
-from .registry import UserError, create_model, get_spec
+from .registry import create_model, get_spec
 
 __all__ = ["model_summary"]
 

@@ -31,11 +31,12 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .engine import TrainingDiverged, evaluate, train_one_epoch
+from .errors import UserError
 from .fast import default_precision, sgd_kwargs, tune_cpu_allocator
 from .plots import plot_curves
 from .progress import Reporter
 from .recipes import TrainConfig, config_from_dict, config_to_dict, save_config
-from .registry import UserError, create_model, get_spec
+from .registry import create_model, get_spec
 
 __all__ = ["fit", "resolve_device", "resolve_precision", "RunResult"]
 
@@ -294,7 +295,7 @@ def _read_history(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    from .checkpoint import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     atomic_write_bytes(path, "".join(json.dumps(h) + "\n" for h in history).encode())
 

@@ -1,0 +1,17 @@
+"""The project's own error types: what the CLI turns into one-line messages (anything else is a bug)."""
+
+from __future__ import annotations
+
+__all__ = ["UserError", "InputTooSmall", "TrainingDiverged"]
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, flag, data) that the CLI reports in one line."""
+
+
+class InputTooSmall(ValueError):
+    """An image batch smaller than the model's minimum input size (the message names the minimum)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
