@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from alexnet.card import ModelCard
 from alexnet.data import (
     Batch,
     DataWarning,
@@ -24,7 +25,6 @@ from alexnet.data import (
     stratified_split,
 )
 from alexnet.errors import UserError
-from alexnet.models import DataConfig
 from alexnet.transforms import decode_transform, eval_transform
 
 RNG = np.random.default_rng(0)
@@ -304,7 +304,7 @@ def test_loader_with_workers_counts_files_that_fail_to_decode(tmp_path):
 
 def test_make_datasets_with_model_transforms_feeds_a_loader(tmp_path):
     _folder(tmp_path, {"a": 3, "b": 3})
-    cfg = DataConfig(input_size=4, resize_size=6)
+    cfg = ModelCard(input_size=4, resize_size=6)
     train, val, _ = make_datasets(tmp_path, val_split=0.34, eval_transform=eval_transform(cfg))
     images, targets, skipped = next(iter(make_loader(val, 8, shuffle=False, workers=0, seed=0)))
     assert images.shape == (len(val), 3, 4, 4) and images.dtype == torch.float32 and skipped == 0

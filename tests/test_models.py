@@ -504,7 +504,7 @@ def test_no_softmax_in_any_variant(name: str, seven_class: dict[str, nn.Module])
 @pytest.mark.parametrize("name", ALL_VARIANTS)
 def test_any_num_classes_at_native_size(name: str, seven_class: dict[str, nn.Module]) -> None:
     model = seven_class[name]
-    native = SPECS[name.removesuffix("_columns")].data.input_size
+    native = SPECS[name.removesuffix("_columns")].card.input_size
     with torch.no_grad():
         out = model(torch.randn(2, 3, native, native))
     assert out.shape == (2, 7)

@@ -175,7 +175,7 @@ def test_cli_input_below_minimum_exits_2(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_cli_bad_num_classes_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["summary", "--model", "alexnet_small", "--num-classes", "0"]) == 2
-    assert "num_classes" in capsys.readouterr().err
+    assert "--num-classes: must be at least 1" in capsys.readouterr().err
 
 
 def test_cli_input_size_zero_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from alexnet import create_model
+from alexnet import ModelCard, create_model
 from alexnet.checkpoint import (
     load_checkpoint,
     read_checkpoint,
@@ -86,7 +86,7 @@ def test_bad_config_files_are_user_errors(tmp_path, content, match):
 # ----------------------------------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
     model = create_model("alexnet_small", 3)
-    meta = {"model": "alexnet_small", "num_classes": 3, "classes": ["a", "b", "c"], "epoch": 4}
+    meta = {**ModelCard(32, 36, model="alexnet_small", classes=("a", "b", "c")).to_json(), "epoch": 4}
     save_checkpoint(tmp_path / "c.safetensors", model, meta)
     loaded, got = load_checkpoint(tmp_path / "c.safetensors")
     assert got["classes"] == ["a", "b", "c"] and got["epoch"] == 4
@@ -101,7 +101,9 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
 
 def test_checkpoint_is_not_a_pickle_and_other_files_are_refused(tmp_path):
     model = create_model("alexnet_small", 3)
-    save_checkpoint(tmp_path / "c.safetensors", model, {"model": "alexnet_small", "num_classes": 3, "classes": []})
+    save_checkpoint(
+        tmp_path / "c.safetensors", model, ModelCard(32, 36, model="alexnet_small", classes=("a",) * 3).to_json()
+    )
     header_len = int.from_bytes((tmp_path / "c.safetensors").read_bytes()[:8], "little")
     assert json.loads((tmp_path / "c.safetensors").read_bytes()[8 : 8 + header_len])  # plain safetensors JSON
     (tmp_path / "pickle.pt").write_bytes(b"\x80\x04K\x01.")
@@ -211,9 +213,10 @@ def test_resume_refuses_data_with_other_classes(tiny_data, tmp_path):
     run = tmp_path / "run"
     fit(tiny_data, run, _cfg(epochs=1), quiet=True)
     other = tmp_path / "other"
-    (other / "x").mkdir(parents=True)
-    for f in sorted((tiny_data / "train" / "red").iterdir())[:2]:
-        (other / "x" / f.name).write_bytes(f.read_bytes())
+    for name in ("x", "y"):
+        (other / name).mkdir(parents=True)
+        for f in sorted((tiny_data / "train" / "red").iterdir())[:2]:
+            (other / name / f.name).write_bytes(f.read_bytes())
     with pytest.raises(UserError, match="trained on classes"):
         fit(other, run, _cfg(epochs=2), resume=True, quiet=True)
 
@@ -282,9 +285,9 @@ def test_an_interrupted_run_resumes_exactly_with_any_schedule(tiny_data, tmp_pat
     cfg = _cfg(epochs=3, schedule=schedule, plateau_patience=0)
     fit(tiny_data, tmp_path / "straight", cfg, quiet=True)
 
-    import alexnet.train as train
+    import alexnet.rundir as rundir
 
-    real, epochs_done = train.plot_curves, []
+    real, epochs_done = rundir.plot_curves, []
 
     def interrupt_after_two(history, path):
         real(history, path)
@@ -292,10 +295,10 @@ def test_an_interrupted_run_resumes_exactly_with_any_schedule(tiny_data, tmp_pat
         if len(history) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "plot_curves", interrupt_after_two)
+    monkeypatch.setattr(rundir, "plot_curves", interrupt_after_two)
     with pytest.raises(KeyboardInterrupt):
         fit(tiny_data, tmp_path / "split", cfg, quiet=True)
-    monkeypatch.setattr(train, "plot_curves", real)
+    monkeypatch.setattr(rundir, "plot_curves", real)
     fit(tiny_data, tmp_path / "split", cfg, resume=True, quiet=True)
     assert epochs_done == [1, 2]
     a = _weights(tmp_path / "straight" / "checkpoints" / "last.safetensors")

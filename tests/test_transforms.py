@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from alexnet.models import DataConfig
+from alexnet.card import ModelCard
 from alexnet.transforms import (
     IMAGENET_PCA,
     PCALighting,
@@ -22,7 +22,7 @@ from alexnet.transforms import (
 )
 
 # Unusual numbers so that a pipeline reading ImageNet's constants instead of the config would fail.
-CFG = DataConfig(input_size=6, resize_size=8, mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4))
+CFG = ModelCard(input_size=6, resize_size=8, mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4))
 MEAN = torch.tensor(CFG.mean).view(3, 1, 1)
 STD = torch.tensor(CFG.std).view(3, 1, 1)
 

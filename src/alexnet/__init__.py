@@ -1,9 +1,10 @@
 """alexnet: AlexNet (Krizhevsky, Sutskever, Hinton, 2012) from data to deployment."""
 
+from .card import ModelCard
 from .checkpoint import load_checkpoint, save_checkpoint
 from .columns import AlexNetColumns, to_columns, to_grouped
 from .errors import UserError
-from .models import AlexNet, ArchSpec, ConvSpec, DataConfig, LocalResponseNorm
+from .models import AlexNet, ArchSpec, ConvSpec, LocalResponseNorm
 from .registry import create_model, get_spec, list_models
 
 __version__ = "0.1.0"
@@ -13,7 +14,7 @@ __all__ = [
     "AlexNetColumns",
     "ArchSpec",
     "ConvSpec",
-    "DataConfig",
+    "ModelCard",
     "LocalResponseNorm",
     "UserError",
     "create_model",

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import fast
-from .fast import INFERENCE_MODES, TRAINING_MODES, ModeUnavailable
+from .device import tune_cpu_allocator
+from .errors import ModeUnavailable
+from .modes import INFERENCE_MODES, TRAINING_MODES, prepare_inference, prepare_training
 from .registry import create_model, get_spec
 
 __all__ = [
@@ -256,14 +257,14 @@ def run_benchmark(
     ``{"machine", "peak_gflops": {"fp32", "bf16"[, "fp16"]}, "flops_per_image", "rows": [{"model",
     "mode", "phase", "batch_size", "images_per_s", "ratio_to_baseline", "pct_of_peak", ...}],
     "skipped": [{"mode", "phase", "batch_size", "reason"}]}``. The baseline rows have mode
-    ``torchvision-eager-fp32``; they run before :func:`fast.tune_cpu_allocator` (``tune_allocator``),
+    ``torchvision-eager-fp32``; they run before :func:`~alexnet.device.tune_cpu_allocator` (``tune_allocator``),
     so they are what a default PyTorch process gets, and ``torchvision-eager-fp32+malloc`` rows show
     the baseline with the tuning. Small ``repeats``/``warmup``/``peak_size`` make a quick run for tests.
     """
     log = log or (lambda _msg: None)
     device = torch.device(device)
     spec = get_spec(model)
-    size = spec.data.input_size
+    size = spec.card.input_size
     modes = list(DEFAULT_INFERENCE_MODES if modes is None else modes)
     train_modes = list(DEFAULT_TRAINING_MODES if train_modes is None else train_modes) if train else []
     for m in modes:
@@ -325,7 +326,7 @@ def run_benchmark(
 
     log(f"benchmarking {model} on {device}: baseline {BASELINE} first")
     baseline(BASELINE)
-    tuned = fast.tune_cpu_allocator() if tune_allocator and device.type == "cpu" else False
+    tuned = tune_cpu_allocator() if tune_allocator and device.type == "cpu" else False
     if tuned:
         baseline(BASELINE_TUNED)
 
@@ -342,7 +343,7 @@ def run_benchmark(
         for batch in batch_sizes:
             x = torch.randn(batch, 3, size, size, device=device)
             try:
-                predictor = fast.prepare_inference(net, mode, x, device)
+                predictor = prepare_inference(net, mode, x, device)
             except ModeUnavailable as e:
                 skip(mode, "inference", batch, str(e))
                 continue
@@ -359,7 +360,7 @@ def run_benchmark(
         y = torch.randint(0, 1000, (train_batch_size,), device=device)
         try:
             start = time.perf_counter()
-            step = fast.prepare_training(create_model(model, 1000), mode, device=device)
+            step = prepare_training(create_model(model, 1000), mode, device=device)
             step(x, y)  # compiles, if the mode does
             setup = time.perf_counter() - start
         except ModeUnavailable as e:

@@ -24,6 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from .card import ModelCard
 from .errors import UserError
 from .files import atomic_write_bytes
 from .registry import create_model
@@ -141,16 +142,25 @@ def load_checkpoint(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights (strictly). Returns (model, meta)."""
     tensors, meta = read_checkpoint(path)
+    card = checkpoint_card(meta, path)
     if expect_model is not None and meta["model"] != expect_model:
         raise UserError(f"{path} holds a {meta['model']} model, not {expect_model}")
     if expect_num_classes is not None and meta["num_classes"] != expect_num_classes:
         raise UserError(f"{path} has {meta['num_classes']} classes, the data has {expect_num_classes}")
-    model = create_model(meta["model"], meta["num_classes"], init="torch")
+    model = create_model(card.model, card.num_classes, init="torch")
     try:
         model.load_state_dict(model_state(tensors), strict=True)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not fit {meta['model']}: {str(e).splitlines()[0]}") from e
     return model.to(map_location), meta
+
+
+def checkpoint_card(meta: dict[str, Any], path: str | Path = "checkpoint") -> ModelCard:
+    """The model card in a checkpoint's metadata (the same keys since the first checkpoint version)."""
+    try:
+        return ModelCard.from_json(meta)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from e
 
 
 def load_training_state(

@@ -9,22 +9,55 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import UserError
+from .errors import InputTooSmall, ModeUnavailable, TrainingDiverged, UserError
 from .registry import list_models
 
 Command = Callable[[argparse.Namespace], int | None]
 
 
 def _model_arg(p: argparse.ArgumentParser, default: str | None = "alexnet2012") -> None:
-    p.add_argument("--model", default=default, metavar="NAME", help=f"one of: {', '.join(list_models())}")
+    p.add_argument(
+        "--model", default=default, metavar="NAME", help=f"one of: {', '.join(list_models())} (default: %(default)s)"
+    )
+
+
+def _at_least(minimum: int | None, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum] (either bound may be None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+def _input_size_arg(p: argparse.ArgumentParser, what: str) -> None:
+    from .models import MAX_INPUT_SIZE
+
+    p.add_argument(
+        "--input-size", type=_at_least(None, MAX_INPUT_SIZE), default=None, metavar="N",
+        help=f"square input size of {what}, from the model's minimum to {MAX_INPUT_SIZE} (default: the model's)",
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- summary
 def _add_summary(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="print a model's layer table (shapes, parameters, mult-adds)")
     _model_arg(p)
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--input-size", type=int, default=None, help="square input size (default: the model's)")
+    p.add_argument(
+        "--num-classes",
+        type=_at_least(1, 1_000_000),
+        default=1000,
+        help="outputs of the last layer (default: %(default)s)",
+    )
+    _input_size_arg(p, "the table")
     p.add_argument("--json", action="store_true", help="print the same data as JSON")
     p.set_defaults(func=_cmd_summary)
 
@@ -51,7 +84,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "flags win over the file, the file over the recipe.",
     )
     p.add_argument("data", nargs="?", metavar="DATA", help="image folder (optional with --dataset or --resume)")
-    p.add_argument("--dataset", choices=["digits"], help="a bundled dataset instead of DATA")
+    from .datasets import DATASETS
+
+    p.add_argument("--dataset", choices=list(DATASETS), help="a bundled dataset instead of DATA")
     p.add_argument("--recipe", default=None, choices=list(RECIPES), help="preset (default: paper2012)")
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file of recipe fields")
     p.add_argument("--output", "-o", metavar="RUN_DIR", help="run folder (default: runs/<model>-<time>)")
@@ -68,7 +103,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         elif hint is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif typing.get_origin(hint) is typing.Literal:
-            group.add_argument(flag, choices=typing.get_args(hint), default=None, help=text)
+            group.add_argument(flag, choices=[c for c in typing.get_args(hint) if c], default=None, help=text)
         else:
             group.add_argument(flag, type=hint, default=None, metavar=hint.__name__.upper(), help=text)
     p.set_defaults(func=_cmd_train)
@@ -80,7 +115,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .datasets import resolve_dataset
-    from .engine import TrainingDiverged
     from .recipes import TrainConfig, resolve_config
     from .train import continue_config, fit
 
@@ -108,8 +142,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"alexnet train: error: {e}", file=sys.stderr)
         return 1
-    best = result["best_top1"]
-    print(f"run folder: {result['run_dir']} (best top-1 {best:.2%}; checkpoints in {result['run_dir']}/checkpoints)")
+    if result["history"]:
+        best = result["best_top1"]
+        print(
+            f"run folder: {result['run_dir']} (best top-1 {best:.2%}; checkpoints in {result['run_dir']}/checkpoints)"
+        )
     return 0
 
 
@@ -119,9 +156,12 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16"],
         default="auto",
-        help="auto: bf16/oneDNN where its top-1 agrees with fp32 on >= 99%% of held-out images, else fp32",
+        help="auto: bf16/oneDNN where its top-1 agrees with fp32 on >= 99%% of held-out images, else fp32 "
+        "(default: %(default)s)",
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps (default: %(default)s)"
+    )
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -131,8 +171,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ten-crop", action="store_true", help="also the 10-crop test: corners, centre and mirrors")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     p.add_argument("--output", metavar="DIR", help="where the CSVs go (default: RUN_DIR/eval/<data folder>)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=_at_least(1), default=64, help="images per forward pass (default: %(default)s)")
+    p.add_argument(
+        "--workers", type=_at_least(0), default=2, help="image-decoding worker processes (default: %(default)s)"
+    )
     p.add_argument("--strict", action="store_true", help="unreadable images are errors, not skipped")
     _precision_arg(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -146,24 +188,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         clf, args.data, ten_crop=args.ten_crop, precision=args.precision, batch_size=args.batch_size,
         workers=args.workers, strict=args.strict,
     )  # fmt: skip
+    classes = list(clf.card.classes)
     out = Path(args.output) if args.output else default_eval_dir(clf.source, result["folder"])
-    result["files"] = write_eval_csv(result, clf.classes, out)
     if args.json:
         slim = {k: v for k, v in result.items() if k not in ("confusion", "per_class_images")}
         slim["per_class_top1"] = {
-            c: a for c, a, n in zip(clf.classes, result["per_class_top1"], result["per_class_images"], strict=True) if n
+            c: a for c, a, n in zip(classes, result["per_class_top1"], result["per_class_images"], strict=True) if n
         }
-        print(json.dumps(slim, indent=2))
-        return 0
-    rows = [("centre crop", result["center"]), ("10-crop", result)] if args.ten_crop else [("centre crop", result)]
-    print(f"{clf.model_name} from {clf.source} on {result['folder']}: {result['images']} images "
-          f"({result['skipped']} unreadable skipped), inference mode {result['mode']}")  # fmt: skip
-    for name, r in rows:
-        print(
-            f"  {name:<12} top-1 {r['top1']:.2%} (error {r['top1_error']:.2%})   "
-            f"top-5 {r['top5']:.2%} (error {r['top5_error']:.2%})   loss {r['loss']:.4f}"
-        )
-    print(f"  per-class accuracy: {result['files']['per_class']}\n  confusion matrix:   {result['files']['confusion']}")
+        print(json.dumps(slim, indent=2), flush=True)
+    else:
+        rows = [("centre crop", result["center"]), ("10-crop", result)] if args.ten_crop else [("centre crop", result)]
+        print(f"{clf.card.model} from {clf.source} on {result['folder']}: {result['images']} images "
+              f"({result['skipped']} unreadable skipped), inference mode {result['mode']}")  # fmt: skip
+        for name, r in rows:
+            print(
+                f"  {name:<12} top-1 {r['top1']:.2%} (error {r['top1_error']:.2%})   "
+                f"top-5 {r['top5']:.2%} (error {r['top5_error']:.2%})   loss {r['loss']:.4f}",
+                flush=True,
+            )
+    # The numbers are out before anything is written: a read-only run folder loses nothing but the CSVs.
+    try:
+        files = write_eval_csv(result, classes, out)
+    except UserError as e:
+        print(f"alexnet evaluate: error: {e}; the results above were not saved (choose a folder with --output)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    if not args.json:
+        print(f"  per-class accuracy: {files['per_class']}\n  confusion matrix:   {files['confusion']}")
     return 0
 
 
@@ -174,7 +225,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--model", help="with --weights: a model name (e.g. alexnet) instead of CHECKPOINT")
     p.add_argument("--weights", help="torchvision-format ImageNet weights file (or 'torchvision' to download)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=_at_least(1), default=5, help="classes shown per image (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON list")
     _precision_arg(p)
     p.set_defaults(func=_cmd_predict)
@@ -188,8 +239,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.model or args.weights:  # no CHECKPOINT: argparse gave the first image to `source`
         images = ([source] if source is not None else []) + images
         source = None
-    if args.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     clf = load_classifier(source, model=args.model, weights=args.weights, device=args.device)
     results = predict_files(clf, image_paths(images), top_k=args.top_k, precision=args.precision)
     if args.json:
@@ -209,25 +258,42 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- benchmark
 def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
-    return lambda text: [kind(v) for v in text.split(",") if v.strip()]
+    def parse(text: str) -> list:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        return values
+
+    return parse
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
-    from .fast import INFERENCE_MODES, TRAINING_MODES
+    from .modes import INFERENCE_MODES, TRAINING_MODES
 
     p = sub.add_parser("benchmark", help="images/s of every fast mode against torchvision's AlexNet, same run")
     _model_arg(p, default="alexnet")
-    p.add_argument("--batch-sizes", type=_csv(int), default=[1, 64], metavar="N,N", help="inference batch sizes")
+    p.add_argument(
+        "--batch-sizes",
+        type=_csv(_at_least(1)),
+        default=[1, 64],
+        metavar="N,N",
+        help="inference batch sizes (default: 1,64)",
+    )
     p.add_argument("--train", action="store_true", help="also time a training step (forward, backward, SGD)")
-    p.add_argument("--train-batch-size", type=int, default=64)
+    p.add_argument(
+        "--train-batch-size", type=_at_least(1), default=64, help="training batch size (default: %(default)s)"
+    )
     p.add_argument(
         "--modes", type=_csv(str), default=None, metavar="M,M", help=f"inference modes: {', '.join(INFERENCE_MODES)}"
     )
     p.add_argument(
         "--train-modes", type=_csv(str), default=None, metavar="M,M", help=f"one of: {', '.join(TRAINING_MODES)}"
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--repeats", type=int, default=10, help="timed repeats per measurement (fewer for slow ones)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    p.add_argument(
+        "--repeats", type=_at_least(1), default=10,
+        help="timed repeats per measurement; slow ones stop after 3 s (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--no-allocator-tuning", action="store_true", help="leave glibc's malloc as it is")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--update-readme", metavar="README", help="rewrite the block between the bench markers")
@@ -267,19 +333,22 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX / TorchScript / torch.export, verified")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run folder")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--output", required=True, metavar="PATH")
-    p.add_argument("--input-size", type=int, default=None, help="square input size (default: the checkpoint's)")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default: %(default)s)")
+    p.add_argument("--output", required=True, metavar="PATH", help="the file to write (checked before exporting)")
+    _input_size_arg(p, "the traced example; the batch stays dynamic")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
     from .export import ExportVerificationError, export_model
+    from .files import check_writable
 
-    model, meta = load_checkpoint(args.checkpoint, map_location="cpu")
+    check_writable(args.output)  # before the checkpoint is read: a wrong --output costs nothing
+    path = resolve_checkpoint_path(args.checkpoint)
+    model, meta = load_checkpoint(path, map_location="cpu")
     try:
-        report = export_model(model, meta, args.format, args.output, args.input_size)
+        report = export_model(model, checkpoint_card(meta, path), args.format, args.output, args.input_size)
     except ExportVerificationError as e:
         print(f"alexnet export: verification failed: {e}", file=sys.stderr)
         return 1
@@ -305,11 +374,14 @@ _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="alexnet",
         description="AlexNet (Krizhevsky, Sutskever, Hinton 2012): define, train, evaluate, predict, benchmark, "
         "export.  `alexnet COMMAND --help` for each command.",
     )
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _PARSERS:
         add(sub)
@@ -321,18 +393,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .fast import ModeUnavailable
-
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a flag argparse refused (its message is printed)
+        return e.code if isinstance(e.code, int) else 2
     warnings.showwarning = _show_warning  # one line per warning (e.g. each skipped unreadable image)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ModeUnavailable) as e:
+    except (UserError, ModeUnavailable, InputTooSmall) as e:  # the project's own errors; a bug keeps its traceback
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # bad values reaching the library (e.g. an input below the minimum size)
+    except TrainingDiverged as e:
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130

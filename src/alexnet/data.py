@@ -358,19 +358,18 @@ def make_loader(
     *,
     shuffle: bool,
     workers: int,
-    seed: int,
-    drop_last: bool = False,
+    seed: int = 0,
     generator: torch.Generator | None = None,
     pin_memory: bool | None = None,
-    persistent_workers: bool = False,
 ) -> DataLoader:
-    """A DataLoader of :class:`Batch` es, shuffled by a seeded generator (``generator`` if given).
+    """A DataLoader of :class:`Batch` es, shuffled by a seeded generator (``generator`` if given, else one
+    seeded with ``seed``).
 
     Each worker is seeded by PyTorch from the generator (torch, random and numpy), so a run is
-    reproducible for a fixed ``workers``. Workers restart every epoch unless ``persistent_workers``: a
-    restarted iterator draws its worker seed from the generator each epoch, which keeps the generator's
-    stream the same whether a run is resumed or not (exact resume). Memory is pinned only when CUDA is
-    available (``pin_memory`` overrides).
+    reproducible for a fixed ``workers``. Workers restart every epoch: a restarted iterator draws its
+    worker seed from the generator each epoch, which keeps the generator's stream the same whether a run
+    is resumed or not (exact resume). Memory is pinned only when CUDA is available (``pin_memory``
+    overrides).
     """
     return DataLoader(
         ds,
@@ -379,9 +378,7 @@ def make_loader(
         num_workers=workers,
         collate_fn=collate,
         generator=generator if generator is not None else torch.Generator().manual_seed(seed),
-        persistent_workers=persistent_workers and workers > 0,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=drop_last,
     )
 
 

@@ -1,8 +1,8 @@
 """The training step and the evaluation loop: plain PyTorch, readable top to bottom.
 
 Data arrive as whole uint8 batches of the paper's 256x256 down-sampled images (section 2); the
-random crops, flips, PCA lighting and normalisation run on the batch, on the training device
-(STYLE.md item 8), so the workers only read and decode.
+random crops, flips, PCA lighting and normalisation run on the batch, on the training device, so the
+workers only read and decode.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from .device import autocast_context as autocast
 from .errors import TrainingDiverged
-from .fast import autocast_context as autocast
 
-__all__ = ["TrainingDiverged", "train_one_epoch", "evaluate", "normalize", "topk_correct", "autocast"]
+__all__ = ["train_one_epoch", "evaluate", "forward_loss", "backward_update", "normalize", "topk_correct", "Meter"]
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -80,6 +80,39 @@ def _batches(loader: Iterable, meter: Meter, device: torch.device) -> Iterator[t
             yield images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
+def forward_loss(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits) of one batch; the cross-entropy is taken in fp32 whatever the precision."""
+    with autocast(device, precision):
+        logits = forward(x)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+    return loss, logits
+
+
+def backward_update(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """Gradients of ``loss`` and one optimiser step (with fp16 loss scaling when ``scaler`` is given)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -90,33 +123,29 @@ def train_one_epoch(
     precision: str = "fp32",
     channels_last: bool = False,
     label_smoothing: float = 0.0,
-    scheduler: Any = None,  # stepped every batch (one-cycle); epoch schedules are stepped by the caller
+    scheduler: Any = None,  # its step_update() runs after every optimiser step
     scaler: torch.amp.GradScaler | None = None,
     on_step: Callable[[Meter, float], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, top-1/top-5 accuracy, images/s, skipped files."""
+    """One pass over ``loader``; returns mean loss, top-1/top-5 accuracy, images/s, skipped files.
+
+    A NaN or infinite loss raises :class:`TrainingDiverged` before it reaches the weights.
+    """
     model.train()
     meter = Meter()
     for images, targets in _batches(loader, meter, device):
         x = augment(images)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        loss, logits = forward_loss(
+            model, x, targets, device=device, precision=precision, label_smoothing=label_smoothing
+        )
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingDiverged(f"loss became {value} at step {meter.steps + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_update(loss, optimizer, scaler=scaler)
         if scheduler is not None:
-            scheduler.step()
+            scheduler.step_update()
         meter.update(value, logits, targets)
         if on_step is not None:
             on_step(meter, value)
@@ -141,7 +170,7 @@ def evaluate(
     """Top-1/top-5 accuracy, loss, per-class accuracy and the confusion matrix on ``loader``.
 
     ``model``: a module, or any callable from normalised float images to logits (a prepared
-    :class:`~alexnet.fast.Predictor`, an ONNX session). Centre crop by default; ``ten_crop`` averages
+    :class:`~alexnet.modes.Predictor`, an ONNX session). Centre crop by default; ``ten_crop`` averages
     the softmax of the four corner and centre crops and their mirrors (section 4.1: the paper's
     test-time procedure), and also reports the centre crop alone (``result["center"]``), from the same
     forward passes. Targets outside ``[0, num_classes)`` are an error.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "InputTooSmall", "TrainingDiverged"]
+__all__ = ["UserError", "InputTooSmall", "TrainingDiverged", "ModeUnavailable"]
 
 
 class UserError(Exception):
@@ -15,3 +15,7 @@ class InputTooSmall(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class ModeUnavailable(RuntimeError):
+    """A fast mode cannot run here (wrong device, missing compiler or package); the reason is the message."""

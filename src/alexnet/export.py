@@ -1,9 +1,9 @@
 """Export a trained model to ONNX, TorchScript or a ``torch.export`` program, with its data contract.
 
-Every exported file carries the model's metadata (model name, class names, input/resize size,
-mean/std: STYLE.md item 2), so a consumer needs nothing else to preprocess images and name the
-predictions: ONNX ``metadata_props`` (one JSON value per key), or a ``alexnet.json`` extra file in
-the TorchScript / exported-program archive. The batch dimension is dynamic.
+Every exported file carries the model card (model name, class names, input/resize size, mean/std),
+so a consumer needs nothing else to preprocess images and name the predictions: ONNX
+``metadata_props`` (one JSON value per field), or an ``alexnet.json`` extra file in the TorchScript /
+exported-program archive. The batch dimension is dynamic.
 
 The export is verified before anything is written: the serialized bytes are loaded back (ONNX
 Runtime for ONNX, ``torch.jit.load`` / ``torch.export.load`` for the others) and run on a random
@@ -18,28 +18,22 @@ import json
 import os
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from .files import atomic_write_bytes
+from .card import ModelCard
+from .errors import UserError
+from .files import atomic_write_bytes, check_writable
+from .models import MAX_INPUT_SIZE
 
-__all__ = [
-    "FORMATS",
-    "META_KEYS",
-    "ExportVerificationError",
-    "export_model",
-    "export_onnx",
-    "read_onnx_metadata",
-    "OnnxClassifier",
-    "is_onnx_file",
-]
+__all__ = ["FORMATS", "ExportVerificationError", "export_model", "export_onnx", "OnnxModel", "is_onnx_file"]
 
 Format = Literal["onnx", "torchscript", "exported-program"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
-META_KEYS = ("model", "num_classes", "classes", "input_size", "resize_size", "mean", "std")
 EXTRA_FILE = "alexnet.json"
 TOLERANCE = 1e-4
 _TRACE_BATCH, _CHECK_BATCH = 2, 3  # verify on a batch size other than the traced one: the batch is dynamic
@@ -47,13 +41,6 @@ _TRACE_BATCH, _CHECK_BATCH = 2, 3  # verify on a batch size other than the trace
 
 class ExportVerificationError(RuntimeError):
     """The exported model's outputs differ from PyTorch's by more than the tolerance."""
-
-
-def _contract(meta: dict[str, Any]) -> dict[str, Any]:
-    missing = [k for k in META_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"metadata lacks {', '.join(missing)} (needs {', '.join(META_KEYS)})")
-    return {k: meta[k] for k in META_KEYS}
 
 
 def _dynamic_batch() -> tuple[dict[int, Any]]:
@@ -76,21 +63,21 @@ def _onnx_proto(model: nn.Module, example: torch.Tensor) -> Any:
 
 
 def export_onnx(
-    model: nn.Module, example: torch.Tensor, path: str | os.PathLike, meta: dict[str, Any] | None = None
+    model: nn.Module, example: torch.Tensor, path: str | os.PathLike, card: ModelCard | None = None
 ) -> None:
     """Write ``model`` as ONNX (dynamic batch, input ``images``, output ``logits``), unverified."""
     proto = _onnx_proto(model.eval(), example)
-    for key, value in (meta or {}).items():
-        proto.metadata_props.add(key=key, value=json.dumps(value))
+    for key, value in (card.to_metadata() if card is not None else {}).items():
+        proto.metadata_props.add(key=key, value=value)
     atomic_write_bytes(path, proto.SerializeToString())
 
 
-def _serialize(model: nn.Module, fmt: str, example: torch.Tensor, contract: dict[str, Any]) -> bytes:
-    blob = json.dumps(contract)
+def _serialize(model: nn.Module, fmt: str, example: torch.Tensor, card: ModelCard) -> bytes:
+    blob = json.dumps(card.to_json())
     if fmt == "onnx":
         proto = _onnx_proto(model, example)
-        for key, value in contract.items():
-            proto.metadata_props.add(key=key, value=json.dumps(value))
+        for key, value in card.to_metadata().items():
+            proto.metadata_props.add(key=key, value=value)
         return proto.SerializeToString()
     buffer = io.BytesIO()
     if fmt == "torchscript":
@@ -106,15 +93,13 @@ def _serialize(model: nn.Module, fmt: str, example: torch.Tensor, contract: dict
     return buffer.getvalue()
 
 
-def _load_and_run(data: bytes, fmt: str, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], str]:
-    """Run the serialized model on ``x``; returns (logits, metadata read back, what ran it)."""
+def _load_and_run(data: bytes, fmt: str, x: torch.Tensor) -> tuple[torch.Tensor, ModelCard, str]:
+    """Run the serialized model on ``x``; returns (logits, the card read back, what ran it)."""
     if fmt == "onnx":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-        meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-        return torch.from_numpy(out), meta, f"onnxruntime {ort.__version__}"
+        onnx = OnnxModel(data)
+        return onnx(x), onnx.card, f"onnxruntime {ort.__version__}"
     files = {EXTRA_FILE: ""}
     if fmt == "torchscript":
         with warnings.catch_warnings():
@@ -126,35 +111,39 @@ def _load_and_run(data: bytes, fmt: str, x: torch.Tensor) -> tuple[torch.Tensor,
         runner = "torch.export.load"
     with torch.no_grad():
         out = module(x)
-    return out, json.loads(files[EXTRA_FILE]), runner
+    return out, ModelCard.from_json(json.loads(files[EXTRA_FILE])), runner
 
 
 def export_model(
     model: nn.Module,
-    meta: dict[str, Any],
+    card: ModelCard,
     fmt: Format,
     output: str | os.PathLike,
     input_size: int | None = None,
     *,
     tolerance: float = TOLERANCE,
 ) -> dict[str, Any]:
-    """Export ``model`` with its data contract ``meta`` to ``output``; verify; return a report.
+    """Export ``model`` with its model card to ``output``; verify; return a report.
 
-    ``meta`` needs :data:`META_KEYS` (what :func:`alexnet.checkpoint.load_checkpoint` returns).
-    ``input_size`` defaults to ``meta["input_size"]``. Raises :class:`ExportVerificationError` (and
-    writes nothing) when the reloaded model differs from PyTorch by more than
-    ``tolerance * max(1, max |logit|)``.
+    ``input_size`` defaults to the card's. Checks first that ``output`` can be written and the size is
+    one the model takes, so nothing slow runs for a export that cannot succeed. Raises
+    :class:`ExportVerificationError` (and writes nothing) when the reloaded model differs from PyTorch
+    by more than ``tolerance * max(1, max |logit|)``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    contract = _contract(meta)
-    size = int(input_size or contract["input_size"])
+    size = int(input_size or card.input_size)
+    minimum = getattr(model, "min_input_size", 1)
+    if not minimum <= size <= MAX_INPUT_SIZE:
+        raise UserError(f"{card.model} exports for inputs from {minimum} to {MAX_INPUT_SIZE} pixels, not {size}")
+    check_writable(output)
+    card = replace(card, input_size=size, resize_size=max(size, card.resize_size))
     start = time.perf_counter()
     model = model.float().cpu().eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(_TRACE_BATCH, 3, size, size, generator=generator)
     check = torch.randn(_CHECK_BATCH, 3, size, size, generator=generator)
-    data = _serialize(model, fmt, example, {**contract, "input_size": size})
+    data = _serialize(model, fmt, example, card)
     with torch.no_grad():
         expected = model(check)
     got, read_back, runner = _load_and_run(data, fmt, check)
@@ -169,15 +158,15 @@ def export_model(
         "check_batch": _CHECK_BATCH,
         "max_abs_diff": diff,
         "tolerance": limit,
-        "metadata": sorted(read_back),
+        "metadata": sorted(read_back.to_json()),
     }
     if not diff <= limit:  # also catches NaN
         raise ExportVerificationError(
-            f"{fmt} export of {contract['model']} differs from PyTorch by {diff:.3g} (tolerance {limit:.3g}); "
+            f"{fmt} export of {card.model} differs from PyTorch by {diff:.3g} (tolerance {limit:.3g}); "
             f"nothing written to {output}"
         )
-    if read_back.get("classes") != contract["classes"]:
-        raise ExportVerificationError(f"{fmt} export did not keep its metadata (read back: {sorted(read_back)})")
+    if read_back != card:
+        raise ExportVerificationError(f"{fmt} export did not keep its model card (read back: {read_back})")
     atomic_write_bytes(output, data)
     report["seconds"] = time.perf_counter() - start
     return report
@@ -191,43 +180,24 @@ def is_onnx_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".onnx" and Path(path).is_file()
 
 
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The data contract stored in an exported ONNX file's ``metadata_props``."""
-    import onnx
+class OnnxModel:
+    """An exported ONNX model and its model card: ``onnx(images)`` takes normalised float images
+    (N, 3, H, W) and returns logits as a torch tensor. ``source``: a path or the serialized bytes."""
 
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: json.loads(p.value) for p in proto.metadata_props}
-
-
-class OnnxClassifier:
-    """An exported ONNX model with its data contract, for ``alexnet predict``.
-
-    ``classifier(images)`` takes normalised float images (N, 3, H, W) and returns logits as a torch
-    tensor; ``model``, ``classes``, ``input_size``, ``resize_size``, ``mean``, ``std`` and ``meta``
-    come from the file.
-    """
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, source: str | os.PathLike | bytes, threads: int | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise RuntimeError("reading ONNX files needs onnxruntime (pip install 'alexnet[export]')") from e
+            raise UserError("reading ONNX files needs onnxruntime (pip install 'alexnet[export]')") from e
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        raw = self.session.get_modelmeta().custom_metadata_map
-        self.meta: dict[str, Any] = {k: json.loads(v) for k, v in raw.items()}
-        missing = [k for k in META_KEYS if k not in self.meta]
-        if missing:
-            raise ValueError(f"{path} was not exported by alexnet export (metadata lacks {', '.join(missing)})")
-        self.model: str = self.meta["model"]
-        self.classes: list[str] = self.meta["classes"]
-        self.num_classes: int = self.meta["num_classes"]
-        self.input_size: int = self.meta["input_size"]
-        self.resize_size: int = self.meta["resize_size"]
-        self.mean: list[float] = self.meta["mean"]
-        self.std: list[float] = self.meta["std"]
+        model = source if isinstance(source, bytes) else str(source)
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        try:
+            self.card = ModelCard.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        except ValueError as e:
+            raise UserError(f"{source if isinstance(source, str | os.PathLike) else 'the model'} was not exported "
+                            f"by alexnet export: {e}") from e  # fmt: skip
         self._input = self.session.get_inputs()[0].name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@ classify images, evaluate it on a folder the paper's way.
 
 A :class:`Classifier` is a callable from normalised float images to logits plus the data contract it
 was trained with (class names, resize/crop size, mean/std). Torch models run in the fastest
-inference mode accepted on this machine (:func:`alexnet.fast.resolve_inference_mode`: bf16 and
+inference mode accepted on this machine (:func:`alexnet.modes.resolve_inference_mode`: bf16 and
 oneDNN only if their top-1 agrees with fp32 on the held-out images), unless ``precision="fp32"``.
 """
 
@@ -24,11 +24,12 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from . import data
-from .checkpoint import load_checkpoint, resolve_checkpoint_path
+from .card import ModelCard
+from .checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
 from .datasets import resolve_dataset
 from .engine import evaluate, normalize
 from .errors import UserError
-from .export import OnnxClassifier, is_onnx_file
+from .export import OnnxModel, is_onnx_file
 from .files import atomic_write_bytes
 from .registry import create_model, get_spec, imagenet_categories
 
@@ -37,26 +38,26 @@ __all__ = ["Classifier", "load_classifier", "predict_files", "evaluate_folder", 
 
 @dataclass
 class Classifier:
-    """``classifier(images)``: normalised float (N, 3, H, W) -> fp32 logits, plus its data contract."""
+    """``classifier(images)``: normalised float (N, 3, H, W) -> fp32 logits, plus its model card."""
 
     forward: Callable[[Tensor], Tensor]
-    model_name: str
-    classes: list[str]
-    input_size: int
-    resize_size: int
-    mean: list[float]
-    std: list[float]
+    card: ModelCard
     source: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    mode: dict[str, Any] = field(default_factory=dict)  # the inference mode chosen and why
     module: torch.nn.Module | None = None  # the fp32 model (None for ONNX files)
+    mode: dict[str, Any] = field(default_factory=lambda: {"mode": "eager-fp32"})  # the mode chosen, and why
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.forward(images)
 
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, card: ModelCard, source: str, device: torch.device) -> Classifier:
+        module = module.to(device).eval()
+        return cls(module, card, source, device, module)
+
     @functools.cached_property
     def _decode(self) -> Callable[[Any], Tensor]:
-        return data.decode_transform(self.resize_size)
+        return data.decode_transform(self.card.resize_size)
 
     def decode(self, path: str | os.PathLike) -> Tensor:
         """An image file -> uint8 (3, resize, resize): the paper's down-sampled image (section 2)."""
@@ -64,15 +65,15 @@ class Classifier:
 
     def preprocess(self, images_uint8: Tensor) -> Tensor:
         """uint8 (N, 3, resize, resize) -> the normalised centre crop the model takes."""
-        x = TF.center_crop(images_uint8, [self.input_size, self.input_size])
-        return normalize(x, torch.tensor(self.mean), torch.tensor(self.std))
+        x = TF.center_crop(images_uint8, [self.card.input_size, self.card.input_size])
+        return normalize(x, torch.tensor(self.card.mean), torch.tensor(self.card.std))
 
     def fast(self, heldout: Tensor | None, precision: str = "auto", batch_size: int = 64) -> Classifier:
         """Switch a torch model to the fastest accepted inference mode; ``heldout``: normalised images
         (a sample of what will be classified) on which a reduced precision must agree with fp32."""
         if self.module is None:
             return self
-        from .fast import resolve_inference_mode
+        from .modes import resolve_inference_mode
 
         example = heldout[:batch_size] if heldout is not None else None
         predictor, report = resolve_inference_mode(
@@ -92,38 +93,27 @@ def load_classifier(
     """A checkpoint file or run folder, an exported ``.onnx`` file, or ``model=NAME, weights=PATH``
     (torchvision-format ImageNet weights, or ``"torchvision"`` for torchvision's download).
     ``device="auto"`` picks CUDA, then MPS, then the CPU."""
-    from .train import resolve_device
+    from .device import resolve_device
 
     device = resolve_device(str(device))
     if model is not None or weights is not None:
         if model is None or weights is None:
             raise UserError("--model and --weights go together (e.g. --model alexnet --weights alexnet.pth)")
-        spec = get_spec(model)
-        net = create_model(model, 1000, weights=weights).to(device).eval()
-        return Classifier(
-            net, model, imagenet_categories(), spec.data.input_size, spec.data.resize_size,
-            list(spec.data.mean), list(spec.data.std), str(weights), device, {"mode": "eager-fp32"}, net,
-        )  # fmt: skip
+        card = get_spec(model).card.trained(model, imagenet_categories())
+        return Classifier.from_module(create_model(model, 1000, weights=weights), card, str(weights), device)
     if source is None:
         raise UserError("give a checkpoint (or run folder, or .onnx file), or --model NAME --weights PATH")
     if is_onnx_file(source):
         try:
-            onnx = OnnxClassifier(source)
-        except ValueError as e:
-            raise UserError(str(e)) from e
+            onnx = OnnxModel(source)
+        except UserError:
+            raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
             raise UserError(f"{source} is not a readable ONNX model: {str(e).splitlines()[0][:200]}") from e
-        return Classifier(
-            onnx, onnx.model, onnx.classes, onnx.input_size, onnx.resize_size, onnx.mean, onnx.std,
-            str(source), torch.device("cpu"), {"mode": "onnxruntime-fp32"},
-        )  # fmt: skip
+        return Classifier(onnx, onnx.card, str(source), mode={"mode": "onnxruntime-fp32"})
     path = resolve_checkpoint_path(source)
-    net, meta = load_checkpoint(path, map_location=device)
-    net.eval()
-    return Classifier(
-        net, meta["model"], meta["classes"], meta["input_size"], meta["resize_size"], meta["mean"], meta["std"],
-        str(path), device, {"mode": "eager-fp32"}, net,
-    )  # fmt: skip
+    net, meta = load_checkpoint(path)
+    return Classifier.from_module(net, checkpoint_card(meta, path), str(path), device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +150,7 @@ def predict_files(
     Files are decoded ``batch_size`` at a time (a folder of any size fits in memory); the inference mode
     is chosen on the first ``heldout`` readable images (see :meth:`Classifier.fast`).
     """
-    top_k = max(1, min(top_k, len(clf.classes)))
+    top_k = max(1, min(top_k, clf.card.num_classes))
     results: list[dict[str, Any]] = [{"file": str(p)} for p in paths]
     chunk = max(batch_size, heldout)
     chosen = False
@@ -181,7 +171,7 @@ def predict_files(
         values, indices = probs.topk(top_k, dim=1)
         for (i, _), v, k in zip(readable, values.tolist(), indices.tolist(), strict=True):
             results[i]["top"] = [
-                {"class": clf.classes[c], "index": c, "probability": p} for p, c in zip(v, k, strict=True)
+                {"class": clf.card.classes[c], "index": c, "probability": p} for p, c in zip(v, k, strict=True)
             ]
     return results
 
@@ -219,15 +209,16 @@ def evaluate_folder(
     the first ``heldout`` images.
     """
     folder = eval_folder(root)
-    ds = data.ImageFolderDataset(folder, data.decode_transform(clf.resize_size), strict=strict)
-    unknown = [c for c in ds.classes if c not in clf.classes]
+    ds = data.ImageFolderDataset(folder, data.decode_transform(clf.card.resize_size), strict=strict)
+    known = clf.card.classes
+    unknown = [c for c in ds.classes if c not in known]
     if unknown:
         raise UserError(
             f"{folder} has class folders the model does not know: {unknown[:5]}"
-            f"{' ...' if len(unknown) > 5 else ''} (the model's classes: {clf.classes[:10]}"
-            f"{' ...' if len(clf.classes) > 10 else ''})"
+            f"{' ...' if len(unknown) > 5 else ''} (the model's classes: {list(known[:10])}"
+            f"{' ...' if len(known) > 10 else ''})"
         )
-    index = {c: i for i, c in enumerate(clf.classes)}
+    index = {c: i for i, c in enumerate(known)}
     ds.samples = [(p, index[ds.classes[t]]) for p, t in ds.samples]
     loader = data.make_loader(ds, batch_size, shuffle=False, workers=workers, seed=0)
     if clf.module is not None:
@@ -235,8 +226,8 @@ def evaluate_folder(
         sample = [s[0] for s in sample if s is not None]
         clf.fast(clf.preprocess(torch.stack(sample)) if sample and precision == "auto" else None, precision, batch_size)
     result = evaluate(
-        clf, loader, crop=clf.input_size, mean=torch.tensor(clf.mean), std=torch.tensor(clf.std),
-        device=torch.device("cpu"), num_classes=len(clf.classes), ten_crop=ten_crop, on_step=on_step,
+        clf, loader, crop=clf.card.input_size, mean=torch.tensor(clf.card.mean), std=torch.tensor(clf.card.std),
+        device=torch.device("cpu"), num_classes=clf.card.num_classes, ten_crop=ten_crop, on_step=on_step,
     )  # fmt: skip
     result["skipped"] += len(ds.skipped)
     result.update(folder=str(folder), source=clf.source, mode=clf.mode.get("mode"), inference=clf.mode)

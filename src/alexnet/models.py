@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .card import IMAGENET_MEAN, ModelCard
 from .errors import InputTooSmall
 
 __all__ = [
     "ArchSpec",
     "ConvSpec",
-    "DataConfig",
     "AlexNet",
     "LocalResponseNorm",
     "Conv2dSame",
@@ -34,10 +34,10 @@ __all__ = [
     "feature_shapes",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 Norm = Literal["none", "lrn", "bn"]
+# The largest square input the commands accept: conv1's activations alone grow with its square (about
+# 1.6 GB per image for alexnet2012 at 4096 px), and no AlexNet variant is meant for larger images.
+MAX_INPUT_SIZE = 4096
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,16 +191,6 @@ class ConvSpec:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """The model's data contract (like timm's ``pretrained_cfg``): commands read preprocessing here."""
-
-    input_size: int
-    resize_size: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-
-@dataclass(frozen=True)
 class ArchSpec:
     """A whole variant: conv table, head, and the conventions that make it faithful."""
 
@@ -219,7 +209,7 @@ class ArchSpec:
     init: Literal["paper", "caffe", "torch", "keras"] = "torch"
     torchvision_keys: bool = False  # integer Sequential indices, exactly torchvision's state_dict
     columns: int = 1  # the paper's two-GPU split (section 3.2); groups=2 layers follow it
-    data: DataConfig = field(default_factory=lambda: DataConfig(224, 256))
+    card: ModelCard = field(default_factory=lambda: ModelCard(224, 256))
 
 
 _POOL = True
@@ -238,7 +228,7 @@ ALEXNET2012 = ArchSpec(
     columns=2,
     # The paper subtracts only the mean pixel, on the 0-255 scale (section 2): std = 1/255 does that,
     # and keeps activations on the scale the LRN constants and N(0, 0.01) init were chosen for.
-    data=DataConfig(227, 256, mean=IMAGENET_MEAN, std=(1 / 255, 1 / 255, 1 / 255)),
+    card=ModelCard(227, 256, mean=IMAGENET_MEAN, std=(1 / 255, 1 / 255, 1 / 255)),
 )
 
 ALEXNET_TORCHVISION = ArchSpec(
@@ -254,7 +244,7 @@ ALEXNET_TORCHVISION = ArchSpec(
     dropout_before_fc=True,
     torchvision_keys=True,
     init="torch",
-    data=DataConfig(224, 256),
+    card=ModelCard(224, 256),
 )
 
 ALEXNET_BN = ArchSpec(
@@ -271,7 +261,7 @@ ALEXNET_BN = ArchSpec(
     bn_eps=1e-3,
     bn_momentum=0.01,
     init="keras",
-    data=DataConfig(227, 256),
+    card=ModelCard(227, 256),
 )
 
 ALEXNET_SMALL = ArchSpec(
@@ -290,7 +280,7 @@ ALEXNET_SMALL = ArchSpec(
     fc=(1024, 1024),
     pooled_size=3,
     init="kaiming",
-    data=DataConfig(32, 36),
+    card=ModelCard(32, 36),
 )
 
 SPECS: dict[str, ArchSpec] = {s.name: s for s in (ALEXNET2012, ALEXNET_TORCHVISION, ALEXNET_BN, ALEXNET_SMALL)}

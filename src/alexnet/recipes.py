@@ -7,6 +7,7 @@ The resolved config is saved in the run directory (``config.yaml``) and in every
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import UserError
+from .models import MAX_INPUT_SIZE
 
 __all__ = ["TrainConfig", "RECIPES", "resolve_config", "config_to_dict", "config_from_dict"]
 
@@ -46,7 +48,9 @@ class TrainConfig:
     step_gamma: float = _f(0.1, "step: lr multiplier at each drop")
     warmup_pct: float = _f(0.25, "onecycle: fraction of the steps spent warming up")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
-    init: str = _f("", "weight init: paper, caffe, keras, torch ('' = the model's own)")
+    init: Literal["", "paper", "caffe", "keras", "torch", "kaiming"] = _f(
+        "", "weight init (see alexnet.models.init_weights); '' = the model's own"
+    )
     dropout: float = _f(-1.0, "dropout probability of fc6/fc7 (<0 = the model's own, 0.5)")
     resize_size: int = _f(0, "shorter side is resized to this, then centre-cropped square (0 = the model's)")
     input_size: int = _f(0, "random crop / model input size (0 = the model's: 227, 224 or 32)")
@@ -62,6 +66,41 @@ class TrainConfig:
     )
     channels_last: bool = _f(True, "channels-last memory format (faster convolutions)")
     seed: int = _f(0, "seed of every random number generator (init, shuffling, augmentation)")
+
+    def __post_init__(self) -> None:
+        for problem in _range_problems(self):
+            raise UserError(problem)
+
+
+def _range_problems(cfg: TrainConfig) -> list[str]:
+    """What is out of range in ``cfg``, as messages naming the flag (checked when a config is made)."""
+    finite = math.isfinite
+    rules: list[tuple[str, bool, str]] = [
+        ("epochs", cfg.epochs >= 1, "at least 1"),
+        ("batch_size", cfg.batch_size >= 1, "at least 1"),
+        ("lr", finite(cfg.lr) and cfg.lr > 0, "a positive finite number"),
+        ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
+        ("weight_decay", finite(cfg.weight_decay) and cfg.weight_decay >= 0, "a finite number >= 0"),
+        ("plateau_patience", cfg.plateau_patience >= 0, "at least 0"),
+        ("plateau_factor", 0 < cfg.plateau_factor < 1, "in (0, 1)"),
+        ("step_size", cfg.step_size >= 1, "at least 1"),
+        ("step_gamma", 0 < cfg.step_gamma <= 1, "in (0, 1]"),
+        ("warmup_pct", 0 < cfg.warmup_pct < 1, "in (0, 1)"),
+        ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+        ("dropout", cfg.dropout == -1 or 0 <= cfg.dropout < 1, "in [0, 1), or -1 for the model's own"),
+        ("resize_size", 0 <= cfg.resize_size <= MAX_INPUT_SIZE, f"0 (the model's) or 1 to {MAX_INPUT_SIZE}"),
+        ("input_size", 0 <= cfg.input_size <= MAX_INPUT_SIZE, f"0 (the model's) or 1 to {MAX_INPUT_SIZE}"),
+        ("pca_std", finite(cfg.pca_std) and cfg.pca_std >= 0, "a finite number >= 0"),
+        ("val_split", 0 <= cfg.val_split < 1, "in [0, 1)"),
+        ("workers", cfg.workers >= 0, "at least 0"),
+        ("seed", 0 <= cfg.seed < 2**32, "in [0, 2**32)"),
+    ]
+    problems = [
+        f"--{name.replace('_', '-')} must be {want}, got {getattr(cfg, name)}" for name, ok, want in rules if not ok
+    ]
+    if cfg.resize_size and cfg.input_size and cfg.input_size > cfg.resize_size:
+        problems.append(f"--input-size {cfg.input_size} is larger than --resize-size {cfg.resize_size}")
+    return problems
 
 
 _PAPER = TrainConfig()

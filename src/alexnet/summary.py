@@ -17,7 +17,7 @@ __all__ = ["model_summary"]
 def model_summary(name: str, num_classes: int = 1000, input_size: int | None = None) -> tuple[str, dict[str, Any]]:
     """Return (printable table, the same data as a dict) for a registered model."""
     spec = get_spec(name)
-    size = input_size if input_size is not None else spec.data.input_size
+    size = input_size if input_size is not None else spec.card.input_size
     if size < min_input_size(spec):
         raise UserError(f"{name} needs inputs of at least {min_input_size(spec)} pixels, got --input-size {size}")
     model: nn.Module = create_model(name, num_classes, init="torch")

@@ -29,7 +29,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .models import DataConfig
+from .card import ModelCard
 
 __all__ = [
     "PCA",
@@ -122,7 +122,7 @@ class _StackCrops:
         return f"{type(self).__name__}()"
 
 
-def _sizes(data_cfg: DataConfig, resize_size: int | None, input_size: int | None) -> tuple[int, int]:
+def _sizes(data_cfg: ModelCard, resize_size: int | None, input_size: int | None) -> tuple[int, int]:
     resize = resize_size or data_cfg.resize_size
     crop = input_size or data_cfg.input_size
     if crop > resize:
@@ -136,7 +136,7 @@ def _downsample(resize: int) -> list[Any]:
     return [v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(resize)]
 
 
-def _to_normalized(data_cfg: DataConfig) -> list[Any]:
+def _to_normalized(data_cfg: ModelCard) -> list[Any]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data_cfg.mean), list(data_cfg.std))]
 
 
@@ -150,7 +150,7 @@ def decode_transform(resize_size: int) -> v2.Compose:
 
 
 def train_transform(
-    data_cfg: DataConfig,
+    data_cfg: ModelCard,
     *,
     resize_size: int | None = None,
     input_size: int | None = None,
@@ -174,16 +174,14 @@ def train_transform(
     return v2.Compose(steps)
 
 
-def eval_transform(
-    data_cfg: DataConfig, *, resize_size: int | None = None, input_size: int | None = None
-) -> v2.Compose:
+def eval_transform(data_cfg: ModelCard, *, resize_size: int | None = None, input_size: int | None = None) -> v2.Compose:
     """Down-sample, centre ``input_size`` crop, normalise: float ``(3, input_size, input_size)``."""
     resize, crop = _sizes(data_cfg, resize_size, input_size)
     return v2.Compose([*_downsample(resize), v2.CenterCrop(crop), *_to_normalized(data_cfg)])
 
 
 def ten_crop_transform(
-    data_cfg: DataConfig, *, resize_size: int | None = None, input_size: int | None = None
+    data_cfg: ModelCard, *, resize_size: int | None = None, input_size: int | None = None
 ) -> v2.Compose:
     """The paper's test-time views (section 4.1): float ``(10, 3, input_size, input_size)``.
 

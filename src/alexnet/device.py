@@ -1,0 +1,142 @@
+"""Device and precision policy: which device ``auto`` means, which precision is fast *and* native there,
+and the process settings that make a CPU training step fast."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import platform
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .errors import UserError
+
+__all__ = [
+    "Precision",
+    "DTYPES",
+    "resolve_device",
+    "resolve_precision",
+    "native_bf16",
+    "default_precision",
+    "autocast_context",
+    "sgd_kwargs",
+    "tune_cpu_allocator",
+]
+
+Precision = Literal["fp32", "bf16", "fp16"]
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; a named device must exist here."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"device {name}: MPS is not available on this machine")
+    return device
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` computes bf16 natively (not emulated, so bf16 is actually faster).
+
+    CPU: the AVX512-BF16 or AMX-BF16 instructions (Linux ``/proc/cpuinfo`` flags), or the ARMv8.6
+    BF16 extension. CUDA: compute capability 8.0 (Ampere) or newer.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    for line in info.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return False
+
+
+def default_precision(device: torch.device | str) -> Precision:
+    """The precision ``--precision auto`` means on ``device``.
+
+    bf16 where the hardware computes it natively (its range equals fp32's, so training needs no loss
+    scaling); fp16 on CUDA GPUs older than Ampere; fp32 everywhere else (emulated bf16 is slower than
+    fp32). Inference additionally checks top-1 agreement (:func:`alexnet.modes.resolve_inference_mode`).
+    """
+    device = torch.device(device)
+    if native_bf16(device):
+        return "bf16"
+    if device.type == "cuda":
+        return "fp16"
+    return "fp32"
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """A training precision: ``auto`` -> :func:`default_precision`; explicit choices are checked."""
+    if requested == "auto":
+        return default_precision(device)
+    if requested not in DTYPES:
+        raise UserError(f"unknown precision {requested!r}; choose auto, fp32, bf16 or fp16")
+    if requested == "fp16" and device.type == "cpu":
+        raise UserError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    return requested  # type: ignore[return-value]
+
+
+def autocast_context(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for bf16/fp16, a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[precision])
+
+
+def sgd_kwargs(device: torch.device | str) -> dict[str, bool]:
+    """Extra ``torch.optim.SGD`` arguments for speed: the fused kernel (one pass over the weights, the same
+    update) where torch has it."""
+    return {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {}
+
+
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process heap instead of returning it to the OS (glibc only).
+
+    glibc serves blocks above 32 MB with ``mmap`` and unmaps them when freed, so every training step
+    page-faults its large tensors (fc6's weight copies and gradients) back in. ``mallopt(M_MMAP_MAX, 0)``
+    sends all allocations to the heap and a 1 GB trim threshold keeps the freed memory there, the effect
+    jemalloc/tcmalloc have. Process-wide, idempotent; ``ALEXNET_TUNE_ALLOCATOR=0`` turns it off. Returns
+    whether the tuning is in effect.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if os.environ.get("ALEXNET_TUNE_ALLOCATOR", "1") == "0" or platform.system() != "Linux":
+        return False
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
+        _allocator_tuned = bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+    return _allocator_tuned

@@ -1,0 +1,402 @@
+"""Fast inference and training modes, and the rule that decides whether one may be used.
+
+A *mode* is a way to run the same network: a precision (fp32, bf16, fp16), a memory format, and an
+execution engine (eager PyTorch, torch.autocast, a cast copy, oneDNN with pre-packed weights,
+``torch.compile``, ONNX Runtime). :data:`INFERENCE_MODES` and :data:`TRAINING_MODES` are the tables,
+:data:`ENGINES` builds a callable for each engine, :func:`prepare_inference` / :func:`prepare_training`
+put the two together. A reduced-precision mode is accepted only if its top-1 predictions agree with
+fp32 on at least 99% of held-out images (:func:`agreement`, :func:`resolve_inference_mode`).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .device import DTYPES, Precision, autocast_context, default_precision, sgd_kwargs
+from .engine import backward_update, forward_loss
+from .errors import ModeUnavailable
+
+__all__ = [
+    "Mode",
+    "INFERENCE_MODES",
+    "TRAINING_MODES",
+    "ENGINES",
+    "Predictor",
+    "TrainStep",
+    "prepare_inference",
+    "prepare_training",
+    "agreement",
+    "resolve_inference_mode",
+    "inference_mode_for",
+    "AGREEMENT_THRESHOLD",
+]
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+AGREEMENT_THRESHOLD = 0.99
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One way to run the network.
+
+    ``tolerance`` (checked by the tests) bounds, for inference, ``max |logits - fp32 logits| / max |fp32
+    logits|``; for one training step, the relative difference of the loss and ``1 - cos`` of the angle
+    between each weight's update and fp32's. What decides whether a mode is used is top-1 agreement
+    with fp32 (:func:`resolve_inference_mode`) and, for training, reaching fp32's accuracy.
+    """
+
+    name: str
+    precision: Precision
+    engine: Literal["eager", "autocast", "cast", "onednn", "compile", "onnxruntime"]
+    tolerance: float
+    devices: tuple[str, ...]
+    channels_last: bool
+    description: str
+
+
+_ANY, _CPU, _CUDA = ("cpu", "cuda"), ("cpu",), ("cuda",)
+_EXACT, _FP32, _BF16, _FP16 = 1e-6, 1e-4, 2e-2, 1e-2  # bf16 keeps 8 significant bits, fp16 11
+
+INFERENCE_MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("eager-fp32", "fp32", "eager", _EXACT, _ANY, False, "the model as written, NCHW"),
+        Mode("channels-last-fp32", "fp32", "eager", _FP32, _ANY, True, "channels-last memory format"),
+        Mode("onednn-fp32", "fp32", "onednn", _FP32, _CPU, True, "oneDNN, pre-packed weights, fused ReLU"),
+        Mode("compile-fp32", "fp32", "compile", _FP32, _ANY, True, "torch.compile (inductor), frozen weights"),
+        Mode("onnxruntime-fp32", "fp32", "onnxruntime", _FP32, _CPU, False, "ONNX Runtime, CPU provider"),
+        Mode("autocast-bf16", "bf16", "autocast", _BF16, _ANY, True, "torch.autocast, channels-last"),
+        Mode("bf16", "bf16", "cast", _BF16, _ANY, True, "weights and activations in bf16, channels-last"),
+        Mode("onednn-bf16", "bf16", "onednn", _BF16, _CPU, True, "oneDNN, pre-packed bf16 weights, fused ReLU"),
+        Mode("compile-bf16", "bf16", "compile", _BF16, _ANY, True, "bf16 weights, torch.compile, frozen weights"),
+        Mode("autocast-fp16", "fp16", "autocast", _FP16, _CUDA, True, "torch.autocast, channels-last"),
+        Mode("fp16", "fp16", "cast", _FP16, _CUDA, True, "weights and activations in fp16, channels-last"),
+        Mode("compile-fp16", "fp16", "compile", _FP16, _CUDA, True, "fp16 weights, torch.compile"),
+    )
+}
+
+TRAINING_MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("eager-fp32", "fp32", "eager", _EXACT, _ANY, False, "NCHW, plain SGD: the baseline's set-up"),
+        Mode("channels-last-fp32", "fp32", "eager", _FP32, _ANY, True, "channels-last, fused SGD"),
+        # bf16 gradients of a freshly initialised net differ from fp32's by ~10% in norm (cos ~0.98-0.997)
+        Mode("autocast-bf16", "bf16", "autocast", 5e-2, _ANY, True, "autocast, channels-last, fused SGD"),
+        Mode("compile-bf16", "bf16", "compile", 5e-2, _ANY, True, "autocast, channels-last, fused SGD, compiled"),
+        Mode("autocast-fp16", "fp16", "autocast", 2e-2, _CUDA, True, "autocast + loss scaling, fused SGD"),
+    )
+}
+
+
+def inference_mode_for(precision: str, device: torch.device | str) -> str:
+    """The fastest inference mode of a precision on a device (``auto`` = :func:`default_precision`)."""
+    device = torch.device(device)
+    if precision == "auto":
+        precision = default_precision(device)
+    if precision not in DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise ModeUnavailable("fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        return "onednn-bf16" if precision == "bf16" else "onednn-fp32"
+    return {"fp32": "channels-last-fp32", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def _check_device(mode: Mode, device: torch.device) -> None:
+    if device.type not in mode.devices:
+        raise ModeUnavailable(f"{mode.name} runs on {'/'.join(mode.devices)}, not {device.type}")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# --------------------------------------------------------------------------------------------
+# Engines: (model in eval mode, mode, device, example input) -> a callable on fp32 NCHW images
+# --------------------------------------------------------------------------------------------
+def _channels_last(fn: Forward) -> Forward:
+    return lambda x: fn(x.contiguous(memory_format=torch.channels_last))
+
+
+def _cast_input(fn: Forward, dtype: torch.dtype) -> Forward:
+    return lambda x: fn(x.to(dtype, memory_format=torch.channels_last))
+
+
+def _eager(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+    if mode.channels_last:
+        return _channels_last(copy.deepcopy(model).to(device, memory_format=torch.channels_last))
+    return model if _model_device(model) == device else copy.deepcopy(model).to(device)
+
+
+def _autocast(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+    fn = _channels_last(copy.deepcopy(model).to(device, memory_format=torch.channels_last))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with autocast_context(device, mode.precision):
+            return fn(x)
+
+    return run
+
+
+def _cast(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+    dtype = DTYPES[mode.precision]
+    return _cast_input(copy.deepcopy(model).to(device, dtype, memory_format=torch.channels_last), dtype)
+
+
+def _onednn(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+    from .onednn import OneDNNAlexNet
+
+    return OneDNNAlexNet(model, DTYPES[mode.precision], tuple(example.shape))
+
+
+def _require_compiler(device: torch.device) -> None:
+    """Inductor compiles C++ on the CPU (and Triton on CUDA): fail early, with the reason, without one."""
+    if device.type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except Exception as e:  # noqa: BLE001 - any failure here means "no usable C++ compiler"
+            raise ModeUnavailable(f"torch.compile needs a C++ compiler on the CPU: {e}") from e
+
+
+def _compile(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+    import torch._inductor.config as inductor_config
+
+    _require_compiler(device)
+    dtype = DTYPES[mode.precision]
+    copy_ = copy.deepcopy(model).to(device, dtype, memory_format=torch.channels_last)
+    # Every compiled AlexNet shares one code object, and so one cache of compiled graphs (one per model
+    # object and batch size): past dynamo's default limit of 8 it silently falls back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    compiled = torch.compile(copy_, dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # Freezing folds the weights into the graph as constants, which lets inductor pre-pack them.
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return _cast_input(run, dtype)
+
+
+def _onnxruntime(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ModeUnavailable("onnxruntime is not installed (pip install 'alexnet[export]')") from e
+    from .export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, example, path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x.detach().cpu().contiguous().numpy()})[0])
+
+    return run
+
+
+ENGINES: dict[str, Callable[[nn.Module, Mode, torch.device, torch.Tensor], Forward]] = {
+    "eager": _eager,
+    "autocast": _autocast,
+    "cast": _cast,
+    "onednn": _onednn,
+    "compile": _compile,
+    "onnxruntime": _onnxruntime,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Inference
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Predictor:
+    """A prepared model: ``predictor(images)`` -> fp32 logits, under ``torch.inference_mode``."""
+
+    mode: str
+    device: torch.device
+    fn: Forward
+    setup_s: float = 0.0  # packing / compiling / exporting time, paid once
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.fn(images.to(self.device, torch.float32)).float()
+
+
+def prepare_inference(
+    model: nn.Module, mode: str, example_input: torch.Tensor | None = None, device: torch.device | str | None = None
+) -> Predictor:
+    """Build a :class:`Predictor` running ``model`` in ``mode`` (a key of :data:`INFERENCE_MODES`).
+
+    The predictor is a snapshot: every mode except ``eager-fp32`` works on a copy of the weights taken
+    now (cast, packed, compiled or exported), so prepare it again after the weights change. ``model``
+    is put in eval mode and otherwise left as it is. ``example_input`` (a typical batch) gives the
+    packing hints and the compiled/exported shapes, and is run once to check that the mode works here;
+    raises :class:`ModeUnavailable` when it cannot.
+    """
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"unknown inference mode {mode!r}; choose one of: {', '.join(INFERENCE_MODES)}")
+    spec = INFERENCE_MODES[mode]
+    device = torch.device(device) if device is not None else _model_device(model)
+    _check_device(spec, device)
+    if example_input is None:
+        size = model.spec.card.input_size if hasattr(model, "spec") else 224
+        example_input = torch.randn(1, 3, size, size)
+    example_input = example_input.to(device, torch.float32)
+    start = time.perf_counter()
+    predictor = Predictor(mode, device, ENGINES[spec.engine](model.eval(), spec, device, example_input))
+    try:
+        predictor(example_input)  # compiles / warms up; fails here rather than mid-evaluation
+    except ModeUnavailable:
+        raise
+    except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
+        raise ModeUnavailable(
+            f"{mode} failed on this machine: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        ) from e
+    predictor.setup_s = time.perf_counter() - start
+    return predictor
+
+
+def _batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, images.shape[0], batch_size):
+        yield images[i : i + batch_size]
+
+
+@torch.inference_mode()
+def agreement(
+    model: nn.Module,
+    mode: str | Predictor,
+    images: torch.Tensor,
+    *,
+    reference: torch.Tensor | None = None,
+    batch_size: int = 64,
+) -> float:
+    """Fraction of ``images`` (normalised float NCHW) whose top-1 class in ``mode`` equals fp32's.
+
+    ``reference``: the fp32 logits or predicted classes, if already computed.
+    """
+    if images.shape[0] == 0:
+        raise ValueError("agreement needs at least one image")
+    predictor = mode if isinstance(mode, Predictor) else prepare_inference(model, mode, images[:batch_size])
+    if reference is None:
+        device = _model_device(model)
+        reference = torch.cat([model.eval()(b.to(device)).argmax(1).cpu() for b in _batches(images, batch_size)])
+    elif reference.dim() == 2:
+        reference = reference.argmax(1)
+    predicted = torch.cat([predictor(b).argmax(1).cpu() for b in _batches(images, batch_size)])
+    return float((predicted == reference.cpu()).float().mean())
+
+
+def resolve_inference_mode(
+    model: nn.Module,
+    precision: str = "auto",
+    *,
+    device: torch.device | str | None = None,
+    heldout: torch.Tensor | None = None,
+    example_input: torch.Tensor | None = None,
+    threshold: float = AGREEMENT_THRESHOLD,
+) -> tuple[Predictor, dict[str, float | str]]:
+    """The predictor ``evaluate``/``predict`` should use for ``--precision`` (auto, fp32, bf16, fp16).
+
+    ``auto`` tries the fastest mode of :func:`default_precision`; it is kept only if its top-1 agrees
+    with fp32 on at least ``threshold`` of ``heldout`` (normalised images; without them the mode is
+    taken on the strength of the benchmark's checks). A mode that cannot run here, or fails the check,
+    falls back to fp32. An explicit precision is used as asked (fp16 on a CPU raises ModeUnavailable).
+    Returns the predictor and a report: mode, agreement, setup_s, and why a fallback happened.
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    fp32_mode = inference_mode_for("fp32", device)
+    report: dict[str, float | str] = {}
+    candidates = [inference_mode_for(precision, device)]
+    if precision == "auto":
+        candidates += [m for m in (fp32_mode, "eager-fp32") if m not in candidates]
+    elif candidates[0] != "eager-fp32":
+        candidates.append("eager-fp32")  # oneDNN missing from this build: plain PyTorch
+    for mode in candidates:
+        try:
+            predictor = prepare_inference(model, mode, example_input, device)
+        except ModeUnavailable as e:
+            report.setdefault("fallback_reason", str(e))
+            continue
+        if precision == "auto" and heldout is not None and INFERENCE_MODES[mode].precision != "fp32":
+            agree = agreement(model, predictor, heldout)
+            report["agreement"] = agree
+            if agree < threshold:
+                report["fallback_reason"] = (
+                    f"{mode} agreed with fp32 on {agree:.1%} < {threshold:.0%} of held-out images"
+                )
+                continue
+        report.update(mode=mode, setup_s=predictor.setup_s)
+        return predictor, report
+    raise ModeUnavailable(f"no inference mode could run: {report.get('fallback_reason', '')}")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+class TrainStep:
+    """One full training step in a mode: forward, cross-entropy, backward, SGD update (the same
+    :func:`~alexnet.engine.forward_loss` / :func:`~alexnet.engine.backward_update` that ``fit`` runs).
+
+    ``step(images, targets)`` returns the loss (a detached tensor; ``.item()`` waits for the device).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mode: str,
+        *,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if mode not in TRAINING_MODES:
+            raise ValueError(f"unknown training mode {mode!r}; choose one of: {', '.join(TRAINING_MODES)}")
+        spec = TRAINING_MODES[mode]
+        self.mode, self.device = mode, torch.device(device) if device is not None else _model_device(model)
+        _check_device(spec, self.device)
+        self.precision, self.channels_last = spec.precision, spec.channels_last
+        model.to(self.device).train()
+        if spec.channels_last:
+            model.to(memory_format=torch.channels_last)
+        extra = {} if mode == "eager-fp32" else sgd_kwargs(self.device)
+        self.model = model
+        self.optimizer = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, **extra
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if spec.precision == "fp16" else None
+        self.forward: Forward = model
+        if spec.engine == "compile":
+            _require_compiler(self.device)
+            self.forward = torch.compile(model)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(self.device, non_blocking=True)
+        loss, _ = forward_loss(self.forward, x, targets, device=self.device, precision=self.precision)
+        backward_update(loss, self.optimizer, scaler=self.scaler)
+        return loss.detach()
+
+
+def prepare_training(
+    model: nn.Module, mode: str, *, device: torch.device | str | None = None, **sgd: float
+) -> TrainStep:
+    """A :class:`TrainStep` for ``model`` (trained in place) in a :data:`TRAINING_MODES` mode;
+    ``sgd``: lr, momentum, weight_decay."""
+    return TrainStep(model, mode, device=device, **sgd)
