@@ -30,3 +30,28 @@ def tiny_data(tmp_path: Path) -> Path:
     write_images(root / "train", 8, seed=0)
     write_images(root / "val", 3, seed=1)
     return root
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A folder the OS refuses to create files in: a read-only folder, or (as root, whom permissions do
+    not stop) a sysfs folder, which refuses new files even to root."""
+    import os
+    import tempfile
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    folder = Path("/sys/kernel")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder)
+    except OSError:
+        yield folder
+        return
+    os.close(fd)
+    os.unlink(probe)
+    pytest.skip("no folder here refuses writes to root")

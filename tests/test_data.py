@@ -25,7 +25,8 @@ from alexnet.data import (
     stratified_split,
 )
 from alexnet.errors import UserError
-from alexnet.transforms import decode_transform, eval_transform
+from alexnet.transforms import decode_transform
+from reference_transforms import eval_transform
 
 RNG = np.random.default_rng(0)
 
@@ -306,7 +307,7 @@ def test_make_datasets_with_model_transforms_feeds_a_loader(tmp_path):
     _folder(tmp_path, {"a": 3, "b": 3})
     cfg = ModelCard(input_size=4, resize_size=6)
     train, val, _ = make_datasets(tmp_path, val_split=0.34, eval_transform=eval_transform(cfg))
-    images, targets, skipped = next(iter(make_loader(val, 8, shuffle=False, workers=0, seed=0)))
+    images, targets, skipped, error = next(iter(make_loader(val, 8, shuffle=False, workers=0, seed=0)))
     assert images.shape == (len(val), 3, 4, 4) and images.dtype == torch.float32 and skipped == 0
 
 
@@ -357,3 +358,57 @@ def test_pca_is_computed_once_and_reused_from_the_run_dir(tmp_path):
     (run / "pca.json").write_text("{")
     with pytest.raises(UserError, match="pca.json"):
         load_or_compute_pca(run, ds)
+
+
+# --------------------------------------------------------------------------------------------
+# Links, formats, strictness in workers
+# --------------------------------------------------------------------------------------------
+def test_a_link_loop_in_a_class_folder_neither_multiplies_images_nor_mixes_classes(tmp_path):
+    _folder(tmp_path, {"a": 4, "b": 4})
+    (tmp_path / "a" / "up").symlink_to("..")  # a loop that also leads into class b
+    (tmp_path / "a" / "self").symlink_to(".")
+    (tmp_path / "b" / "to_a").symlink_to("../a")  # class a's images would be read as b's
+    with pytest.warns(DataWarning, match="not following the link") as record:
+        ds = ImageFolderDataset(tmp_path)
+    assert len(ds) == 8
+    assert sorted((p.parent.name, t) for p, t in ds.samples) == [("a", 0)] * 4 + [("b", 1)] * 4
+    assert {str(w.message).split(" -> ")[0].split()[-1] for w in record} == {
+        str(tmp_path / "a" / "up"),
+        str(tmp_path / "a" / "self"),
+        str(tmp_path / "b" / "to_a"),
+    }
+
+
+def test_links_to_folders_outside_the_dataset_are_followed_once(tmp_path):
+    outside = _folder(tmp_path / "elsewhere", {"cats": 3}) / "cats"
+    root = _folder(tmp_path / "data", {"a": 2, "b": 2})
+    (root / "a" / "more").symlink_to(outside)
+    (root / "a" / "again").symlink_to(outside)  # the same folder twice: read once
+    with pytest.warns(DataWarning, match="already read"):
+        ds = ImageFolderDataset(root)
+    assert sum(t == 0 for _, t in ds.samples) == 5
+
+
+def test_every_format_pil_reads_is_an_image_gif_included(tmp_path):
+    _folder(tmp_path, {"a": 2, "b": 2})
+    Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "a" / "anim.gif")
+    Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "b" / "icon.tga")
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    ds = ImageFolderDataset(tmp_path, decode_transform(8))
+    names = sorted(p.name for p, _ in ds.samples)
+    assert "anim.gif" in names and "icon.tga" in names and "notes.txt" not in names
+    image, _ = ds[names.index("anim.gif")]
+    assert image.shape == (3, 8, 8)
+
+
+def test_strict_with_workers_raises_the_one_line_error_in_the_main_process(tmp_path):
+    _folder(tmp_path, {"a": 3, "b": 3})
+    _truncated_jpeg(tmp_path / "a" / "broken.jpg")
+    ds = ImageFolderDataset(tmp_path, decode_transform(8), strict=True)  # the header passes the scan
+    from alexnet.engine import Meter, _batches
+
+    loader = make_loader(ds, 4, shuffle=False, workers=2, seed=0, pin_memory=False)
+    with pytest.raises(UserError) as info:
+        list(_batches(loader, Meter(), torch.device("cpu")))
+    message = str(info.value)
+    assert message.startswith(f"unreadable image {tmp_path / 'a' / 'broken.jpg'}") and "\n" not in message

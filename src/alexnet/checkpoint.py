@@ -98,15 +98,21 @@ _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a checkpoint file, validated, reading only its header (not the tensors)."""
     path = resolve_checkpoint_path(path)
+    total = path.stat().st_size
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         raw = f.read(size) if 0 < size <= _MAX_HEADER else b""
+    if total == 0:
+        raise UserError(f"{path} is an empty file (0 bytes), not a checkpoint")
+    not_safetensors = f"{path} is not an alexnet checkpoint (not a safetensors file"
+    if not 0 < size <= _MAX_HEADER:
+        raise UserError(f"{not_safetensors}: no header)")
+    if len(raw) != size:
+        raise UserError(f"{not_safetensors}, or a truncated one: {total} bytes, shorter than its header says)")
     try:
-        if len(raw) != size:
-            raise ValueError("no safetensors header")
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not an alexnet checkpoint (not a safetensors file: {e})") from e
+        raise UserError(f"{not_safetensors}: its header is not JSON)") from e
     try:
         meta = json.loads(header.get("__metadata__", {})["alexnet"])
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:

@@ -24,21 +24,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torchvision.datasets.folder import IMG_EXTENSIONS as TORCHVISION_EXTENSIONS
 
 from .errors import UserError
 from .files import atomic_write_bytes
-from .transforms import (
-    IMAGENET_PCA,
-    PCA,
-    PCALighting,
-    batch_augment,
-    decode_transform,
-    eval_transform,
-    ten_crop_transform,
-    train_transform,
-)
+from .transforms import IMAGENET_PCA, PCA, batch_augment, decode_transform
 
 __all__ = [
     "DataWarning",
@@ -56,11 +47,7 @@ __all__ = [
     # re-exported from alexnet.transforms
     "PCA",
     "IMAGENET_PCA",
-    "PCALighting",
     "decode_transform",
-    "train_transform",
-    "eval_transform",
-    "ten_crop_transform",
     "batch_augment",
 ]
 
@@ -113,15 +100,57 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 # --------------------------------------------------------------------------------------------
 # The dataset
 # --------------------------------------------------------------------------------------------
+def _image_extensions() -> tuple[str, ...]:
+    """torchvision's list plus every raster format this PIL opens: the promise is "any image PIL reads".
+    Formats PIL only recognises (it needs an outside handler or program to decode them) are left out."""
+    Image.init()
+    stubs = {".bufr", ".grib", ".h5", ".hdf", ".fit", ".fits", ".eps", ".ps", ".emf", ".wmf", ".mpeg", ".mpg"}
+    opened = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN} - stubs
+    return tuple(sorted(set(TORCHVISION_EXTENSIONS) | opened))
+
+
+IMG_EXTENSIONS = _image_extensions()
+_FORMATS = "JPEG, PNG, GIF, TIFF, WebP, BMP or another format PIL reads"
+
+
 def _is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, following links like torchvision), sorted; no hidden ones."""
+def image_files(folder: Path, *, within: Path | None = None) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted, no hidden ones), following links like torchvision.
+
+    A linked directory is followed once: never a directory already walked (a link loop, or two links to
+    the same place), never an ancestor of ``folder``, and never another part of ``within`` (the dataset
+    root: a link from one class folder into another would relabel its images). Each skipped link gets a
+    :class:`DataWarning` naming it.
+    """
+    folder = Path(folder)
+    top = folder.resolve()
+    root = within.resolve() if within is not None else None
+    seen = {top}
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            path = Path(dirpath) / d
+            real = path.resolve()
+            reason = None
+            if real in seen:
+                reason = "a folder already read (a link loop or a second link to it)"
+            elif real in top.parents or real == top:
+                reason = f"a parent of {folder}"
+            elif root is not None and real.is_relative_to(root) and not real.is_relative_to(top):
+                reason = f"another part of {within}"
+            if reason is not None:
+                message = f"not following the link {path} -> {real}: it leads to {reason}"
+                warnings.warn(message, DataWarning, stacklevel=2)
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
         found += [Path(dirpath) / f for f in sorted(filenames) if _is_image_file(f)]
     return found
 
@@ -175,9 +204,9 @@ class ImageFolderDataset(Dataset):
         classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
         if not classes:
             raise UserError(f"no class folders in {root}: expected {root}/<class>/<image files>")
-        files = [(p, target) for target, name in enumerate(classes) for p in image_files(root / name)]
+        files = [(p, t) for t, name in enumerate(classes) for p in image_files(root / name, within=root)]
         if not files:
-            raise UserError(f"no images in {root}: its class folders hold no {'/'.join(IMG_EXTENSIONS)} files")
+            raise UserError(f"no images in {root}: its class folders hold no image files ({_FORMATS})")
         reasons = _check_all([p for p, _ in files]) if verify else [None] * len(files)
         skipped = [(p, r) for (p, _), r in zip(files, reasons, strict=True) if r is not None]
         samples = [pt for pt, r in zip(files, reasons, strict=True) if r is None]
@@ -189,7 +218,7 @@ class ImageFolderDataset(Dataset):
         readable = np.bincount([t for _, t in samples], minlength=len(classes))
         if (readable == 0).any():
             first = int(np.flatnonzero(readable == 0)[0])
-            what = "no readable images" if found[first] else f"no image files ({'/'.join(IMG_EXTENSIONS)})"
+            what = "no readable images" if found[first] else f"no image files ({_FORMATS})"
             others = int((readable == 0).sum()) - 1
             raise UserError(
                 f"class folder {root / classes[first]} has {what}" + (f" (nor do {others} more)" if others else "")
@@ -237,7 +266,10 @@ class ImageFolderDataset(Dataset):
             image = load_rgb(path)
         except DECODE_ERRORS as e:
             if self.strict:
-                raise UserError(f"unreadable image {path}: {_reason(e)}") from e
+                message = f"unreadable image {path}: {_reason(e)}"
+                if get_worker_info() is not None:  # raised in a worker it would arrive wrapped in its traceback
+                    return Unreadable(message)
+                raise UserError(message) from e
             if path not in self._warned:
                 self._warned.add(path)
                 warnings.warn(f"skipping unreadable image {path}: {_reason(e)}", DataWarning, stacklevel=2)
@@ -336,20 +368,28 @@ def make_datasets(
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------
+class Unreadable(str):
+    """What a worker returns for an unreadable file under ``strict``: the error message, raised as a
+    :class:`UserError` in the main process (see :func:`collate`, :class:`Batch`)."""
+
+
 class Batch(NamedTuple):
     images: Tensor
     targets: Tensor  # int64
     skipped: int  # samples of this batch that failed to decode (dropped)
+    error: str | None = None  # under strict: why a file could not be read
 
 
-def collate(batch: Sequence[tuple[Tensor, int] | None]) -> Batch:
+def collate(batch: Sequence[tuple[Tensor, int] | Unreadable | None]) -> Batch:
     """Stack the readable samples; count the ``None`` ones (files that failed to decode) in ``skipped``."""
-    items = [b for b in batch if b is not None]
+    errors = [b for b in batch if isinstance(b, Unreadable)]
+    items = [b for b in batch if b is not None and not isinstance(b, Unreadable)]
     skipped = len(batch) - len(items)
+    error = str(errors[0]) if errors else None
     if not items:
-        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped, error)
     images = torch.stack([torch.as_tensor(x).as_subclass(Tensor) for x, _ in items])
-    return Batch(images, torch.tensor([t for _, t in items], dtype=torch.long), skipped)
+    return Batch(images, torch.tensor([t for _, t in items], dtype=torch.long), skipped, error)
 
 
 def make_loader(

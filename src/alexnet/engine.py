@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from .device import autocast_context as autocast
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, UserError
 
 __all__ = ["train_one_epoch", "evaluate", "forward_loss", "backward_update", "normalize", "topk_correct", "Meter"]
 
@@ -73,8 +73,12 @@ class Meter:
 
 
 def _batches(loader: Iterable, meter: Meter, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, targets) on ``device``; counts the files each batch skipped, drops empty batches."""
-    for images, targets, skipped in loader:
+    """(images, targets) on ``device``; counts the files each batch skipped, drops empty batches; a batch
+    that carries an error (an unreadable file under ``strict``) raises it."""
+    for batch in loader:
+        images, targets, skipped = batch[:3]
+        if len(batch) > 3 and batch[3]:
+            raise UserError(batch[3])
         meter.skipped += skipped
         if targets.numel():
             yield images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
