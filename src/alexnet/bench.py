@@ -4,16 +4,14 @@ The baseline is torchvision's ``alexnet`` in eager fp32 (``torchvision-eager-fp3
 in the same run, on the same inputs. Every measurement is warm-up calls, then timed repeats; the
 median is reported. Achieved GFLOP/s use 2 x the model's multiply-adds per image for inference and
 3x that for a training step (forward, backward for inputs and weights); "% of peak" divides by this
-machine's dense matmul rate in the mode's precision, which the benchmark measures itself (nanoGPT's
-``estimate_mfu``, STYLE.md item 7). A mode that cannot run here is listed as skipped, with the reason.
+machine's dense matmul rate in the mode's precision, which the benchmark measures itself
+(:mod:`alexnet.machine`). A mode that cannot run here is listed as skipped, with the reason.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import gc
 import os
-import platform
 import re
 import statistics
 import time
@@ -26,6 +24,7 @@ import torch.nn.functional as F
 
 from .device import tune_cpu_allocator
 from .errors import ModeUnavailable
+from .machine import describe_machine, machine_info, measure_peaks, time_call
 from .modes import INFERENCE_MODES, TRAINING_MODES, prepare_inference, prepare_training
 from .registry import create_model, get_spec
 
@@ -34,8 +33,6 @@ __all__ = [
     "DEFAULT_INFERENCE_MODES",
     "DEFAULT_TRAINING_MODES",
     "run_benchmark",
-    "matmul_peak",
-    "machine_info",
     "format_table",
     "markdown_report",
     "update_readme",
@@ -51,47 +48,8 @@ Log = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------------------------
-# The machine
+# Contention
 # --------------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(
-    fn: Callable[[], Any],
-    device: torch.device,
-    *,
-    warmup: int = 2,
-    repeats: int = 10,
-    max_seconds: float = 3.0,
-    min_seconds: float = 1.0,
-) -> list[float]:
-    """Seconds per call: ``warmup`` untimed calls, then ``repeats`` timed ones.
-
-    Slow calls stop after ``max_seconds`` (but never below 3 repeats, or ``repeats`` if fewer); fast
-    ones go on until ``min_seconds`` have passed (up to 20x ``repeats``), so that a median of
-    millisecond calls is not at the mercy of one busy moment of the machine.
-    """
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times: list[float] = []
-    begin = time.perf_counter()
-    while True:
-        n, elapsed = len(times), time.perf_counter() - begin
-        if (
-            n >= min(3, repeats)
-            and (n >= repeats or elapsed > max_seconds)
-            and (elapsed >= min_seconds or n >= 20 * repeats)
-        ):
-            return times
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-
-
 def _cpu_busy() -> tuple[float, float, float] | None:
     """(wall time, seconds of CPU busy machine-wide incl. VM steal, seconds of CPU used by this process)."""
     try:
@@ -129,76 +87,6 @@ def measure(
             return times, contention
     assert best is not None
     return best
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of an n x n matmul in ``dtype``, median of ``repeats``: the machine's practical peak.
-
-    On the CPU the better of ``torch.mm`` and oneDNN's matmul with a pre-packed operand: for fp32,
-    ``torch.mm`` calls MKL, which on AMD CPUs reaches ~80% of what oneDNN (and so our convolutions) does.
-    """
-    device = torch.device(device)
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    candidates: list[Callable[[], Any]] = [lambda: a @ b]
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(b, n)
-            candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
-        except (RuntimeError, AttributeError):
-            pass
-    best = 0.0
-    for fn in candidates:
-        times = time_call(fn, device, warmup=3, repeats=repeats, max_seconds=3.0, min_seconds=0.0)
-        best = max(best, 2 * n**3 / statistics.median(times) / 1e9)
-    return best
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"})
-    except OSError:
-        pass
-    return []
-
-
-def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """What the numbers were measured on."""
-    device = torch.device(device)
-    info: dict[str, Any] = {
-        "device": device.type,
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_flags": _cpu_flags(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def describe_machine(machine: dict[str, Any]) -> str:
-    """One line: the CPU (or GPU), cores and flags, torch version."""
-    what = machine.get("gpu") or f"{machine['cpu']}, {machine['cpu_count']} cores"
-    flags = f" ({', '.join(machine['cpu_flags'])})" if machine.get("cpu_flags") and "gpu" not in machine else ""
-    return f"{what}{flags}, {machine['torch_threads']} torch threads, torch {machine['torch']}, {machine['platform']}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,12 +218,7 @@ def run_benchmark(
     if tuned:
         baseline(BASELINE_TUNED)
 
-    peaks = {
-        "fp32": matmul_peak(torch.float32, device, peak_size),
-        "bf16": matmul_peak(torch.bfloat16, device, peak_size),
-    }
-    if device.type == "cuda":
-        peaks["fp16"] = matmul_peak(torch.float16, device, peak_size)
+    peaks = measure_peaks(device, peak_size)
     log("matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
 
     net = create_model(model, 1000).to(device).eval()
