@@ -27,16 +27,16 @@ def time_call(
     fn: Callable[[], Any],
     device: torch.device,
     *,
-    warmup: int = 2,
+    warmup: int = 1,
     repeats: int = 10,
-    max_seconds: float = 3.0,
-    min_seconds: float = 1.0,
+    max_seconds: float = 1.0,
+    min_seconds: float = 0.5,
 ) -> list[float]:
-    """Seconds per call: ``warmup`` untimed calls, then ``repeats`` timed ones.
+    """Seconds per call: ``warmup`` untimed calls, then up to ``repeats`` timed ones.
 
-    Slow calls stop after ``max_seconds`` (but never below 3 repeats, or ``repeats`` if fewer); fast
-    ones go on until ``min_seconds`` have passed (up to 20x ``repeats``), so that a median of
-    millisecond calls is not at the mercy of one busy moment of the machine.
+    Slow calls stop before a next call would end past ``max_seconds`` (one call at least); fast ones go on
+    until ``min_seconds`` have passed (up to 20x ``repeats``), so that a median of millisecond calls is
+    not at the mercy of one busy moment of the machine.
     """
     for _ in range(warmup):
         fn()
@@ -45,11 +45,7 @@ def time_call(
     begin = time.perf_counter()
     while True:
         n, elapsed = len(times), time.perf_counter() - begin
-        if (
-            n >= min(3, repeats)
-            and (n >= repeats or elapsed > max_seconds)
-            and (elapsed >= min_seconds or n >= 20 * repeats)
-        ):
+        if n and (n >= repeats or elapsed + times[-1] > max_seconds) and (elapsed >= min_seconds or n >= 20 * repeats):
             return times
         start = time.perf_counter()
         fn()
