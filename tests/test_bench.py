@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from alexnet.baseline import BaselineProcess
-from alexnet.bench import BASELINE, END, START, interleave, markdown_report, run_benchmark, update_readme
+from alexnet.bench import BASELINE, interleave, run_benchmark
+from alexnet.bench_report import END, START, markdown_report, update_readme
 from alexnet.cli import main
 
 ROW_FIELDS = {

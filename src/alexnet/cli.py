@@ -307,7 +307,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 def _cmd_benchmark(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from .bench import format_table, run_benchmark, update_readme
+    from .bench import run_benchmark
+    from .bench_report import format_table, update_readme
 
     err = Console(stderr=True)
     result = run_benchmark(
