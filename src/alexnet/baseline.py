@@ -51,6 +51,8 @@ class Baseline:
 
     def call(self, phase: str, batch: int) -> Callable[[], Any]:
         """The call to time, built (and run once) on first use."""
+        if phase not in ("inference", "train"):
+            raise ValueError(f"the baseline has no phase {phase!r}: inference or train")
         if (phase, batch) not in self._calls:
             import torchvision
 
