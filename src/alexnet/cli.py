@@ -291,8 +291,12 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     p.add_argument(
+        "--rounds", type=_at_least(1), default=5,
+        help="measurements of each mode, alternating with the baseline's (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
         "--repeats", type=_at_least(1), default=10,
-        help="timed repeats per measurement; slow ones stop after 3 s (default: %(default)s)",
+        help="timed calls per measurement; slow ones stop after about 1 s (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--no-allocator-tuning", action="store_true", help="leave glibc's malloc as it is")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -303,7 +307,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 def _cmd_benchmark(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from .bench import format_table, run_benchmark, update_readme
+    from .bench import run_benchmark
+    from .bench_report import format_table, update_readme
 
     err = Console(stderr=True)
     result = run_benchmark(
@@ -314,6 +319,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
         modes=args.modes,
         train_modes=args.train_modes,
         device=args.device,
+        rounds=args.rounds,
         repeats=args.repeats,
         tune_allocator=not args.no_allocator_tuning,
         log=lambda msg: err.print(msg, style="dim", highlight=False),
