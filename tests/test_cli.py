@@ -253,3 +253,107 @@ def test_predicting_in_chunks_gives_the_same_answers(trained, tmp_path):
         if "top" in a:
             assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
             assert [t["probability"] for t in a["top"]] == pytest.approx([t["probability"] for t in b["top"]], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------ found by trying to break it
+def test_evaluate_prints_its_numbers_before_a_write_fails(trained, tmp_path, capsys):
+    data, run = trained
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the results folder should go")
+    assert main(["evaluate", str(run), str(data), "--output", str(blocked / "eval")]) == 1
+    captured = capsys.readouterr()
+    assert "top-1" in captured.out and "loss" in captured.out  # the numbers are not lost
+    assert f"cannot write {blocked / 'eval'}" in captured.err and "--output" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_evaluate_into_an_unwritable_folder_keeps_the_numbers(trained, unwritable_dir, capsys):
+    data, run = trained
+    assert main(["evaluate", str(run), str(data), "--json", "--output", str(unwritable_dir / "eval")]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["images"] == 12 and "cannot write" in captured.err
+
+
+def test_export_checks_its_output_before_any_work(trained, tmp_path, unwritable_dir, capsys):
+    _, run = trained
+    (tmp_path / "model.onnx").mkdir()
+    _fails(["export", str(run), "--output", str(tmp_path / "model.onnx")], capsys, "is a directory")
+    _fails(["export", str(run), "--output", str(unwritable_dir / "m.onnx")], capsys, "cannot write")
+    # checked before the checkpoint is even read: a missing checkpoint is not what is reported
+    _fails(["export", str(tmp_path / "missing"), "--output", str(unwritable_dir / "m.onnx")], capsys, "cannot write")
+    assert list((tmp_path / "model.onnx").iterdir()) == []
+
+
+def test_export_below_the_minimum_input_size_is_one_line(trained, tmp_path, capsys):
+    _, run = trained
+    err = _fails(["export", str(run), "--output", str(tmp_path / "m.onnx"), "--input-size", "8"], capsys, "from 15")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["summary", "--input-size", "100000"], "must be at most 4096"),
+        (["benchmark", "--batch-sizes", "0"], "must be at least 1"),
+        (["benchmark", "--batch-sizes", ","], "comma-separated"),
+        (["benchmark", "--repeats", "0"], "must be at least 1"),
+        (["predict", "x.png", "y.png", "--top-k", "0"], "must be at least 1"),
+        (["train", "d", "--label-smoothing", "2"], "--label-smoothing must be in [0, 1)"),
+        (["train", "d", "--lr", "nan"], "--lr must be a positive finite number"),
+        (["train", "d", "--epochs", "0"], "--epochs must be at least 1"),
+    ],
+)
+def test_absurd_flags_are_refused_in_one_line(argv, match, capsys):
+    err = _fails(argv, capsys, match)
+    assert len([s for s in err.splitlines() if "error" in s]) == 1
+
+
+def test_a_checkpoint_claiming_a_trillion_classes_is_refused(trained, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    _, run = trained
+    path = run / "checkpoints" / "best.safetensors"
+    from alexnet.checkpoint import read_metadata
+
+    meta = read_metadata(path)
+    meta["num_classes"] = 10**12
+    save_file(load_file(path), tmp_path / "liar.safetensors", metadata={"alexnet": json.dumps(meta)})
+    _fails(
+        ["predict", str(tmp_path / "liar.safetensors"), str(path)],
+        capsys,
+        "lists 3 classes but says num_classes 1000000000000",
+    )
+
+
+def test_version_and_help_defaults(capsys):
+    from alexnet import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"alexnet {__version__}"
+    for command, flags in {
+        "predict": ["--top-k"],
+        "evaluate": ["--batch-size", "--workers"],
+        "export": ["--format", "--input-size"],
+        "benchmark": ["--repeats"],
+        "summary": ["--num-classes"],
+    }.items():
+        assert main([command, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        for flag in flags:
+            described = text.split(flag, 2)[-1][:200]
+            assert "default" in described, (command, flag, described)
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{paper,caffe,keras,torch,kaiming}" in text
+
+
+def test_strict_with_loader_workers_fails_in_one_line(tmp_path, capsys):
+    from conftest import write_images
+
+    write_images(tmp_path / "d", 3)
+    path = tmp_path / "d" / "red" / "broken.jpg"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(path, quality=90)
+    path.write_bytes(path.read_bytes()[:300])  # the header passes the scan; decoding fails
+    argv = ["train", str(tmp_path / "d"), "--output", str(tmp_path / "run"), *FAST, "--strict", "--workers", "2"]
+    err = _fails(argv, capsys, "unreadable image")
+    assert "DataLoader worker" not in err and len(err.strip().splitlines()) == 1
