@@ -357,6 +357,7 @@ def test_a_one_cycle_run_of_one_step_is_a_clear_error(tiny_data, tmp_path):
         ("input_size", 100_000, "--input-size must be 0"),
         ("dropout", 1.0, "--dropout"),
         ("seed", -1, "--seed"),
+        ("momentum", 0.0, "--nesterov needs a --momentum above 0"),
     ],
 )
 def test_out_of_range_fields_are_refused_naming_the_flag(field, value, match):

@@ -98,6 +98,8 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     problems = [
         f"--{name.replace('_', '-')} must be {want}, got {getattr(cfg, name)}" for name, ok, want in rules if not ok
     ]
+    if cfg.nesterov and cfg.momentum == 0:
+        problems.append("--nesterov needs a --momentum above 0 (or --no-nesterov)")
     if cfg.resize_size and cfg.input_size and cfg.input_size > cfg.resize_size:
         problems.append(f"--input-size {cfg.input_size} is larger than --resize-size {cfg.resize_size}")
     return problems
