@@ -61,7 +61,7 @@ def _window_sum(t: torch.Tensor, size: int, groups: int, before: int) -> torch.T
 
 
 def _inverse_power(d: torch.Tensor, beta: float) -> torch.Tensor:
-    """``d ** -beta``; for the paper's beta = 0.75 as rsqrt(d) * sqrt(rsqrt(d)), 2x faster than pow."""
+    """``d ** -beta``; for the paper's beta = 0.75 as rsqrt(d) * sqrt(rsqrt(d)), cheaper than pow."""
     if beta == 0.75:
         r = d.rsqrt()
         return r.mul_(r.sqrt())
@@ -119,8 +119,8 @@ class LocalResponseNorm(nn.Module):
     normalises only over its own kernel maps, so the window never crosses the column boundary.
 
     Computed in fp32 for bf16/fp16 inputs, keeping channels-last. Eager training uses a hand-written
-    gradient (:class:`_LRNFunction`, 2.5-5x faster forward+backward on the CPU than autograd through
-    the window sum); under a tracer (ONNX/TorchScript export, ``torch.compile``) the same function is
+    gradient (:class:`_LRNFunction`: a few passes over the activations, where autograd through the
+    window sum allocates and fills a padded tensor per shifted slice); under a tracer (ONNX/TorchScript export, ``torch.compile``) the same function is
     written as out-of-place ops.
     """
 

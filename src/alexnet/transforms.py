@@ -35,7 +35,7 @@ class PCA(NamedTuple):
     eigvec: Tensor  # (3, 3), columns are the eigenvectors, rows are R, G, B
 
 
-# The values every ImageNet replication uses (fb.resnet.torch, timm, ...), RGB in [0, 1]; see PAPER.md.
+# The values every ImageNet replication uses (fb.resnet.torch, timm, ...), RGB in [0, 1].
 IMAGENET_PCA = PCA(
     eigval=torch.tensor([0.2175, 0.0188, 0.0045]),
     eigvec=torch.tensor(
