@@ -2,7 +2,7 @@
 training state. Nothing is pickled, so loading a checkpoint never executes code from it.
 
 A checkpoint file's tensors are ``model.<state_dict key>``; a resumable one adds ``optim.<i>.<key>``
-(optimizer state) and ``rng.<name>`` (random generator states). Its safetensors header metadata has
+(optimizer state). Its safetensors header metadata has
 one entry, ``alexnet``, a JSON object: model name, num_classes, class names, input/resize size,
 mean/std, the resolved training config, epoch, metrics, and the non-tensor training state.
 
@@ -13,11 +13,9 @@ crash never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -35,8 +33,6 @@ __all__ = [
     "read_metadata",
     "load_checkpoint",
     "resolve_checkpoint_path",
-    "capture_rng",
-    "restore_rng",
 ]
 
 FORMAT = "alexnet-checkpoint"
@@ -50,9 +46,8 @@ def save_checkpoint(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
-    rng: dict[str, Any] | None = None,
 ) -> None:
-    """Save weights + metadata (+ the training state when optimizer/scheduler/rng are given)."""
+    """Save weights + metadata (+ the training state when optimizer/scheduler are given)."""
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "version": VERSION, **meta}
     train_state: dict[str, Any] = {}
@@ -68,11 +63,6 @@ def save_checkpoint(
         train_state["optimizer"] = {"param_groups": sd["param_groups"], "scalars": scalars}
     if scheduler is not None:
         train_state["scheduler"] = scheduler.state_dict()
-    if rng is not None:
-        for name, value in rng.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"rng.{name}"] = value.contiguous()
-        train_state["rng"] = {k: v for k, v in rng.items() if not isinstance(v, torch.Tensor)}
     if train_state:
         meta["train_state"] = train_state
     data = st_save(tensors, metadata={"alexnet": json.dumps(meta)})
@@ -171,8 +161,8 @@ def checkpoint_card(meta: dict[str, Any], path: str | Path = "checkpoint") -> Mo
 
 def load_training_state(
     tensors: dict[str, torch.Tensor], meta: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any
-) -> dict[str, Any]:
-    """Restore optimizer and scheduler in place; return the RNG states to pass to :func:`restore_rng`."""
+) -> None:
+    """Restore optimizer and scheduler in place (random generators are seeded per epoch, not restored)."""
     state = meta.get("train_state")
     if not state:
         raise UserError("this checkpoint holds no training state (only 'last' checkpoints can be resumed)")
@@ -188,9 +178,6 @@ def load_training_state(
     _match_param_layouts(optimizer)
     if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
-    rng = dict(state.get("rng", {}))
-    rng.update({k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")})
-    return rng
 
 
 def _match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
@@ -206,36 +193,3 @@ def _match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
                     state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
-
-
-# ----------------------------------------------------------------------------------------- RNG
-def capture_rng(loader_generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Every random state a run consumes: torch (CPU, CUDA), numpy, Python, the data loader's."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    rng: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"cuda{i}"] = s
-    if loader_generator is not None:
-        rng["loader"] = loader_generator.get_state()
-    return rng
-
-
-def restore_rng(rng: dict[str, Any], loader_generator: torch.Generator | None = None) -> None:
-    torch.set_rng_state(rng["torch"])
-    kind, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((kind, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = rng["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            if f"cuda{i}" in rng:
-                torch.cuda.set_rng_state(rng[f"cuda{i}"], i)
-    if loader_generator is not None and "loader" in rng:
-        loader_generator.set_state(rng["loader"])

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS as TORCHVISION_EXTENSIONS
 
 from .errors import UserError
@@ -396,28 +396,25 @@ def make_loader(
     ds: Dataset,
     batch_size: int,
     *,
-    shuffle: bool,
     workers: int,
+    shuffle: bool = False,
+    sampler: Sampler | None = None,
     seed: int = 0,
-    generator: torch.Generator | None = None,
     pin_memory: bool | None = None,
 ) -> DataLoader:
-    """A DataLoader of :class:`Batch` es, shuffled by a seeded generator (``generator`` if given, else one
-    seeded with ``seed``).
+    """A DataLoader of :class:`Batch` es: in ``sampler``'s order if given (training uses a seeded shard of
+    each epoch), else shuffled by a generator seeded with ``seed``, or in order.
 
-    Each worker is seeded by PyTorch from the generator (torch, random and numpy), so a run is
-    reproducible for a fixed ``workers``. Workers restart every epoch: a restarted iterator draws its
-    worker seed from the generator each epoch, which keeps the generator's stream the same whether a run
-    is resumed or not (exact resume). Memory is pinned only when CUDA is available (``pin_memory``
-    overrides).
+    Memory is pinned only when CUDA is available (``pin_memory`` overrides).
     """
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
-        generator=generator if generator is not None else torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed) if sampler is None else None,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
     )
 

@@ -58,6 +58,18 @@ class Meter:
         self.images += n
         self.steps += 1
 
+    def reduce(self, total: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the counts by their ``total`` over all processes (a sum across data-parallel ranks)."""
+        counts = torch.tensor([self.loss, self.top1, self.top5, self.images, self.skipped], dtype=torch.float64)
+        loss, top1, top5, images, skipped = total(counts).tolist()
+        self.loss, self.top1, self.top5, self.images, self.skipped = (  # fmt: skip
+            loss,
+            int(top1),
+            int(top5),
+            int(images),
+            int(skipped),
+        )
+
     def summary(self) -> dict[str, float]:
         n = max(self.images, 1)
         secs = time.perf_counter() - self.start
@@ -130,10 +142,14 @@ def train_one_epoch(
     scheduler: Any = None,  # its step_update() runs after every optimiser step
     scaler: torch.amp.GradScaler | None = None,
     on_step: Callable[[Meter, float], None] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss, top-1/top-5 accuracy, images/s, skipped files.
 
-    A NaN or infinite loss raises :class:`TrainingDiverged` before it reaches the weights.
+    A NaN or infinite loss raises :class:`TrainingDiverged` before it reaches the weights. With
+    ``reduce`` (the sum over data-parallel processes) the numbers are those of all processes together,
+    and a non-finite loss stops every process at the end of the epoch: the averaged gradient has carried
+    it to all of them, and stopping one alone would leave the others waiting for it.
     """
     model.train()
     meter = Meter()
@@ -145,7 +161,7 @@ def train_one_epoch(
             model, x, targets, device=device, precision=precision, label_smoothing=label_smoothing
         )
         value = loss.item()
-        if not math.isfinite(value):
+        if not math.isfinite(value) and reduce is None:
             raise TrainingDiverged(f"loss became {value} at step {meter.steps + 1}")
         backward_update(loss, optimizer, scaler=scaler)
         if scheduler is not None:
@@ -153,6 +169,10 @@ def train_one_epoch(
         meter.update(value, logits, targets)
         if on_step is not None:
             on_step(meter, value)
+    if reduce is not None:
+        meter.reduce(reduce)
+        if not math.isfinite(meter.loss):
+            raise TrainingDiverged("the loss became non-finite on at least one process")
     return meter.summary()
 
 
@@ -170,6 +190,7 @@ def evaluate(
     channels_last: bool = False,
     ten_crop: bool = False,
     on_step: Callable[[Meter, float], None] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 accuracy, loss, per-class accuracy and the confusion matrix on ``loader``.
 
@@ -177,7 +198,8 @@ def evaluate(
     :class:`~alexnet.modes.Predictor`, an ONNX session). Centre crop by default; ``ten_crop`` averages
     the softmax of the four corner and centre crops and their mirrors (section 4.1: the paper's
     test-time procedure), and also reports the centre crop alone (``result["center"]``), from the same
-    forward passes. Targets outside ``[0, num_classes)`` are an error.
+    forward passes. Targets outside ``[0, num_classes)`` are an error. With ``reduce`` (the sum over
+    data-parallel processes, each holding a share of the data) the numbers are those of all of it.
     """
     if isinstance(model, nn.Module):
         model.eval()
@@ -205,6 +227,10 @@ def evaluate(
         )
         if on_step is not None:
             on_step(meter, loss)
+    if reduce is not None:
+        for m in (meter, center):
+            m.reduce(reduce)
+        confusion = reduce(confusion)
     result: dict[str, Any] = _with_errors(meter.summary())
     result["per_class_top1"] = (confusion.diag().float() / confusion.sum(1).clamp_min(1).float()).tolist()
     result["per_class_images"] = confusion.sum(1).tolist()

@@ -120,8 +120,8 @@ class LocalResponseNorm(nn.Module):
 
     Computed in fp32 for bf16/fp16 inputs, keeping channels-last. Eager training uses a hand-written
     gradient (:class:`_LRNFunction`: a few passes over the activations, where autograd through the
-    window sum allocates and fills a padded tensor per shifted slice); under a tracer (ONNX/TorchScript export, ``torch.compile``) the same function is
-    written as out-of-place ops.
+    window sum allocates and fills a padded tensor per shifted slice); under a tracer (ONNX/TorchScript
+    export, ``torch.compile``) the same function is written as out-of-place ops.
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 1) -> None:

@@ -31,18 +31,20 @@ def _duration(seconds: float) -> str:
 class Reporter:
     """Prints log lines to stderr and, unless quiet, shows one progress bar per pass over the data."""
 
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
+    def __init__(self, quiet: bool = False, *, silent: bool = False) -> None:
+        self.quiet, self.silent = quiet or silent, silent  # silent: the other processes of a data-parallel group
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.epochs_left = 0
 
     def log(self, message: str) -> None:
+        if self.silent:
+            return
         if self.quiet:
             print(message, file=sys.stderr, flush=True)
         else:
             self.console.print(message, markup=False)
 
-    def start(self, cfg: Any, ds: Any, model: Any, device: Any, precision: str, run_dir: Path, start: int) -> None:
+    def start(self, cfg: Any, ds: Any, model: Any, ctx: Any, precision: str, run_dir: Path, start: int) -> None:
         """What the run is about to do: model, data, epochs, device; or that it already finished."""
         if start >= cfg.epochs:
             self.log(f"{run_dir} already finished its {cfg.epochs} epochs; pass --epochs N (more than {cfg.epochs}) "
@@ -51,11 +53,12 @@ class Reporter:
         self.epochs_left = cfg.epochs - start
         params = sum(p.numel() for p in model.parameters())
         n_train, n_val = len(ds.train.dataset), len(ds.val.dataset) if ds.val is not None else 0
+        where = f"{ctx.world} processes on {ctx.device.type}" if ctx.distributed else cfg.model_parallel or ctx.device
         verb = f"resuming {run_dir} after epoch {start}: " if start else ""
         self.log(
             f"{verb}training {cfg.model} ({params / 1e6:.1f}M parameters) for {cfg.epochs} epochs on {n_train} images, "
             f"{ds.card.num_classes} classes ({n_val} for validation) | batch {cfg.batch_size}, lr {cfg.lr:g}, "
-            f"{cfg.schedule} schedule | {device}, {precision} | recipe {cfg.recipe} | run folder {run_dir}"
+            f"{cfg.schedule} schedule | {where}, {precision} | recipe {cfg.recipe} | run folder {run_dir}"
         )
         if ds.val is None:
             self.log(

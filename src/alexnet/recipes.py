@@ -34,19 +34,24 @@ class TrainConfig:
     recipe: str = _f("paper2012", "the preset the other fields start from")
     model: str = _f("alexnet2012", "architecture (see alexnet summary)")
     epochs: int = _f(90, "total epochs of the run (a resumed run continues up to this)")
-    batch_size: int = _f(128, "images per SGD step")
+    batch_size: int = _f(128, "images per SGD step, over all processes (torchrun's N processes take 1/N each)")
     lr: float = _f(0.01, "initial learning rate")
     momentum: float = _f(0.9, "SGD momentum")
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(5e-4, "L2 weight decay")
-    schedule: Literal["plateau", "step", "onecycle", "constant"] = _f(
-        "plateau", "lr schedule: plateau (lr/10 when val error stops improving), step, onecycle, constant"
+    optimizer: Literal["sgd", "lars"] = _f(
+        "sgd", "sgd (the paper's), or lars: layer-wise adaptive rates for large global batches"
+    )
+    lars_eta: float = _f(0.001, "lars: the trust coefficient (the share of a layer's weight norm one step may move)")
+    schedule: Literal["plateau", "step", "onecycle", "poly", "constant"] = _f(
+        "plateau", "lr schedule: plateau (lr/10 when val error stops improving), step, onecycle, poly, constant"
     )
     plateau_patience: int = _f(2, "plateau: epochs without improvement before the lr drops")
     plateau_factor: float = _f(0.1, "plateau: lr multiplier at each drop")
     step_size: int = _f(30, "step: epochs between lr drops")
     step_gamma: float = _f(0.1, "step: lr multiplier at each drop")
     warmup_pct: float = _f(0.25, "onecycle: fraction of the steps spent warming up")
+    poly_power: float = _f(2.0, "poly: the power of (1 - step / total steps)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
     init: Literal["", "paper", "caffe", "keras", "torch", "kaiming"] = _f(
         "", "weight init (see alexnet.models.init_weights); '' = the model's own"
@@ -65,6 +70,9 @@ class TrainConfig:
         "auto", "auto: bf16 where the hardware computes it natively, fp16 on older GPUs, else fp32"
     )
     channels_last: bool = _f(True, "channels-last memory format (faster convolutions)")
+    model_parallel: str = _f(
+        "", "two devices, one per column of alexnet2012 (the paper's two-GPU split), e.g. cuda:0,cuda:1"
+    )
     seed: int = _f(0, "seed of every random number generator (init, shuffling, augmentation)")
 
     def __post_init__(self) -> None:
@@ -86,6 +94,7 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         ("step_size", cfg.step_size >= 1, "at least 1"),
         ("step_gamma", 0 < cfg.step_gamma <= 1, "in (0, 1]"),
         ("warmup_pct", 0 < cfg.warmup_pct < 1, "in (0, 1)"),
+        ("poly_power", finite(cfg.poly_power) and cfg.poly_power > 0, "a positive finite number"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("dropout", cfg.dropout == -1 or 0 <= cfg.dropout < 1, "in [0, 1), or -1 for the model's own"),
         ("resize_size", 0 <= cfg.resize_size <= MAX_INPUT_SIZE, f"0 (the model's) or 1 to {MAX_INPUT_SIZE}"),
@@ -94,10 +103,17 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         ("val_split", 0 <= cfg.val_split < 1, "in [0, 1)"),
         ("workers", cfg.workers >= 0, "at least 0"),
         ("seed", 0 <= cfg.seed < 2**32, "in [0, 2**32)"),
+        ("lars_eta", finite(cfg.lars_eta) and cfg.lars_eta > 0, "a positive finite number"),
     ]
     problems = [
         f"--{name.replace('_', '-')} must be {want}, got {getattr(cfg, name)}" for name, ok, want in rules if not ok
     ]
+    if cfg.optimizer == "lars" and cfg.nesterov:
+        problems.append("--optimizer lars takes plain momentum: add --no-nesterov")
+    if cfg.model_parallel and cfg.model not in ("alexnet2012", "alexnet2012_columns"):
+        problems.append(
+            f"--model-parallel splits the paper's two columns: it needs --model alexnet2012, not {cfg.model}"
+        )
     if cfg.nesterov and cfg.momentum == 0:
         problems.append("--nesterov needs a --momentum above 0 (or --no-nesterov)")
     if cfg.resize_size and cfg.input_size and cfg.input_size > cfg.resize_size:
@@ -128,6 +144,20 @@ RECIPES: dict[str, TrainConfig] = {
         schedule="onecycle",
         label_smoothing=0.1,
         workers=0,
+    ),
+    # Large global batches over many GPUs (You, Gitman and Ginsburg 2017): AlexNet with BatchNorm, LARS
+    # (trust coefficient 0.001, momentum 0.9, decay 5e-4 on weights only), a poly(2) decay, global batch
+    # 8192. A starting point for torchrun runs: not reproduced on ImageNet here.
+    "lars_bn": replace(
+        _PAPER,
+        recipe="lars_bn",
+        model="alexnet_bn",
+        optimizer="lars",
+        batch_size=8192,
+        lr=2.0,
+        schedule="poly",
+        epochs=100,
+        pca_std=0.0,
     ),
 }
 

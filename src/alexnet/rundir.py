@@ -46,14 +46,15 @@ class RunWriter:
     epoch are kept, later ones (written after the ``last`` checkpoint a crash left behind) are dropped.
     """
 
-    def __init__(self, run_dir: str | Path, resumed: dict[str, Any] | None = None) -> None:
+    def __init__(self, run_dir: str | Path, resumed: dict[str, Any] | None = None, *, enabled: bool = True) -> None:
         resumed = resumed or {}
         start_epoch = resumed.get("epoch", 0)
-        self.dir = Path(run_dir)
+        self.dir, self.enabled = Path(run_dir), enabled  # only one process of a data-parallel group writes
         self.last, self.best = last_checkpoint(self.dir), best_checkpoint(self.dir)
-        check_writable(self.dir / "config.yaml")
-        for folder in (self.dir, self.dir / "checkpoints"):
-            clean_stale_temp_files(folder)  # left by a process killed mid-write
+        if enabled:
+            check_writable(self.dir / "config.yaml")
+            for folder in (self.dir, self.dir / "checkpoints"):
+                clean_stale_temp_files(folder)  # left by a process killed mid-write
         self.history = self._read_history(start_epoch)
         self.best_top1, self.best_loss = resumed.get("best_top1", -1.0), resumed.get("best_loss", float("inf"))
         self.start_epoch, self.tensorboard = start_epoch, None
@@ -69,7 +70,8 @@ class RunWriter:
             raise UserError(f"cannot read {path} ({e}); it is not the metrics file alexnet train wrote") from e
 
     def write_config(self, cfg: TrainConfig) -> None:
-        save_config(cfg, self.dir / "config.yaml")
+        if self.enabled:
+            save_config(cfg, self.dir / "config.yaml")
 
     def is_best(self, top1: float, loss: float) -> bool:
         """Best top-1 so far; a tie goes to the lower loss (on small validation sets top-1 often plateaus
@@ -78,7 +80,7 @@ class RunWriter:
 
     def end_epoch(self, line: dict[str, Any], model: nn.Module, meta: dict[str, Any], **train_state: Any) -> bool:
         """Record an epoch: metrics, then the best checkpoint (if it is), then ``last`` with
-        ``train_state`` (optimizer, scheduler, rng); then TensorBoard and the curves. Returns is_best."""
+        ``train_state`` (optimizer, scheduler); then TensorBoard and the curves. Returns is_best."""
         score, loss = (line["val_top1"], line["val_loss"]) if line["val_top1"] is not None else (
             line["train_top1"], line["train_loss"])  # fmt: skip
         is_best = self.is_best(score, loss)
@@ -92,6 +94,8 @@ class RunWriter:
             "best_top1": self.best_top1,
             "best_loss": self.best_loss,
         }
+        if not self.enabled:
+            return is_best
         atomic_write_bytes(self.dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history).encode())
         if is_best:
             save_checkpoint(self.best, model, meta)
@@ -103,7 +107,7 @@ class RunWriter:
         return is_best
 
     def close(self) -> None:
-        if self.tensorboard is not None:
+        if self.enabled and self.tensorboard is not None:
             self.tensorboard.close()
 
 

@@ -72,6 +72,12 @@ def _onecycle(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) ->
     return Schedule(lrs.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct), per_batch=True)
 
 
+def _poly(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> Schedule:
+    # lr * (1 - t / T) ** power over the run's T optimiser steps, the large-batch LARS runs' policy.
+    total = cfg.epochs * steps
+    return Schedule(lrs.PolynomialLR(optimizer, total_iters=total, power=cfg.poly_power), per_batch=True)
+
+
 def _constant(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps: int) -> Schedule:
     return Schedule()
 
@@ -80,6 +86,7 @@ SCHEDULES: dict[str, Callable[[TrainConfig, torch.optim.Optimizer, int], Schedul
     "plateau": _plateau,
     "step": _step,
     "onecycle": _onecycle,
+    "poly": _poly,
     "constant": _constant,
 }
 

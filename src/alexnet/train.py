@@ -8,24 +8,28 @@ decision to the :class:`~alexnet.schedule.Schedule`.
 
 from __future__ import annotations
 
-import random
+import functools
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import data
+from . import data, distributed
 from .card import ModelCard
-from .checkpoint import capture_rng, load_training_state, model_state, read_checkpoint, read_metadata, restore_rng
-from .device import resolve_device, resolve_precision, sgd_kwargs, tune_cpu_allocator
+from .checkpoint import load_training_state, model_state, read_checkpoint, read_metadata
+from .columns import to_columns, to_grouped
+from .device import resolve_precision, sgd_kwargs, tune_cpu_allocator
+from .distributed import Context, ShardSampler, parse_devices, place_columns
 from .engine import evaluate, train_one_epoch
 from .errors import TrainingDiverged, UserError
 from .models import min_input_size
+from .optim import LARS, lars_param_groups
 from .progress import Reporter
 from .recipes import TrainConfig, config_from_dict, config_to_dict
 from .registry import create_model, get_spec
@@ -43,52 +47,65 @@ class TrainData:
     val: DataLoader | None
     card: ModelCard  # the model's data contract: classes, sizes, mean/std
     augment: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> augmented, normalised float batch
-    generator: torch.Generator  # the training loader's shuffling state (part of exact resume)
     skipped: int  # files found unreadable when the folders were scanned
     root: Path
 
+    def set_epoch(self, epoch: int) -> None:
+        """Each epoch's shuffle is a function of (seed, epoch): the same on every process and after a resume."""
+        for loader in (self.train, self.val):
+            if loader is not None:
+                loader.sampler.set_epoch(epoch)
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
-
-def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, device: torch.device) -> TrainData:
-    """Datasets and loaders of ``data_root``; the model card; the batch augmentation on ``device``.
-
-    Workers decode and down-sample to resize x resize uint8 (section 2); the random crops, flips, PCA
-    lighting and normalisation run on whole batches on the device.
-    """
+def model_card(cfg: TrainConfig, classes: list[str]) -> ModelCard:
+    """The card of the model ``cfg`` trains on ``classes`` (sizes checked against the model here)."""
     spec = get_spec(cfg.model)
     resize, crop = cfg.resize_size or spec.card.resize_size, cfg.input_size or spec.card.input_size
     if crop > resize:
         raise UserError(f"the input size {crop} is larger than the resize size {resize} (--input-size, --resize-size)")
     if crop < min_input_size(spec):
         raise UserError(f"{cfg.model} needs inputs of at least {min_input_size(spec)} pixels, not --input-size {crop}")
-    card = spec.card.trained(cfg.model, [], crop, resize)
+    return spec.card.trained(_saved_name(cfg), classes, crop, resize)
+
+
+def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, ctx: Context) -> TrainData:
+    """Datasets and loaders of ``data_root`` (this process's share of them); the model card; the batch
+    augmentation on the training device.
+
+    Workers decode and down-sample to resize x resize uint8 (section 2); the random crops, flips, PCA
+    lighting and normalisation run on whole batches on the device. The folders are scanned, and the PCA
+    computed, once (by rank 0) and shared.
+    """
+    card = model_card(cfg, [])
     decode = data.decode_transform(card.resize_size)
-    train_ds, val_ds, classes = data.make_datasets(
-        data_root, val_split=cfg.val_split or None, seed=cfg.seed, strict=cfg.strict,
-        train_transform=decode, eval_transform=decode,
-    )  # fmt: skip
+    scanned = None
+    if ctx.is_main:
+        scanned = data.make_datasets(
+            data_root, val_split=cfg.val_split or None, seed=cfg.seed, strict=cfg.strict,
+            train_transform=decode, eval_transform=decode,
+        )  # fmt: skip
+    train_ds, val_ds, classes = ctx.broadcast(scanned)
     if len(classes) < 2:
         raise UserError(
             f"{data_root} has a single class folder ({classes[0]}): a classifier needs at least two classes "
             "(DATA/<class>/<images> with one folder per class)"
         )
-    card = card.trained(cfg.model, classes)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train = data.make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, generator=generator)
+    card = model_card(cfg, classes)
+    batch = cfg.batch_size // ctx.world
+    shard = functools.partial(ShardSampler, rank=ctx.rank, world=ctx.world, seed=cfg.seed)
+    train = data.make_loader(train_ds, batch, sampler=shard(len(train_ds)), workers=cfg.workers)
     val = None
     if val_ds is not None:
-        val = data.make_loader(val_ds, max(cfg.batch_size, 64), shuffle=False, workers=cfg.workers, seed=cfg.seed)
+        val = data.make_loader(val_ds, max(batch, 64), sampler=shard(len(val_ds), shuffle=False), workers=cfg.workers)
 
     pca = None
     if cfg.pca_std > 0:
-        pca = data.IMAGENET_PCA if cfg.pca == "imagenet" else data.load_or_compute_pca(run_dir, train_ds, seed=cfg.seed)
-        pca = tuple(torch.as_tensor(t, dtype=torch.float32, device=device) for t in pca)
-    mean, std = torch.tensor(card.mean, device=device), torch.tensor(card.std, device=device)
+        if cfg.pca == "imagenet":
+            pca = data.IMAGENET_PCA
+        else:
+            pca = ctx.broadcast(data.load_or_compute_pca(run_dir, train_ds, seed=cfg.seed) if ctx.is_main else None)
+        pca = tuple(torch.as_tensor(t, dtype=torch.float32, device=ctx.device) for t in pca)
+    mean, std = torch.tensor(card.mean, device=ctx.device), torch.tensor(card.std, device=ctx.device)
 
     def augment(images: torch.Tensor) -> torch.Tensor:
         return data.batch_augment(
@@ -96,18 +113,50 @@ def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, device: to
         )
 
     skipped = len(train_ds.skipped) + (len(val_ds.skipped) if val_ds is not None else 0)
-    return TrainData(train, val, card, augment, generator, skipped, Path(data_root).resolve())
+    return TrainData(train, val, card, augment, skipped, Path(data_root).resolve())
 
 
-def build_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
+def _saved_name(cfg: TrainConfig) -> str:
+    """The model name checkpoints record: the grouped form when the columns are split over devices, so
+    the weights load anywhere without the split."""
+    return "alexnet2012" if cfg.model_parallel else cfg.model
+
+
+def build_model(cfg: TrainConfig, num_classes: int, ctx: Context, state: dict | None = None) -> nn.Module:
+    """The model on its device(s), with ``state`` (grouped-form weights) loaded, wrapped for data parallel."""
     dropout = None if cfg.dropout < 0 else cfg.dropout
-    model = create_model(cfg.model, num_classes, init=cfg.init or None, dropout=dropout).to(device)
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+    model = create_model(_saved_name(cfg), num_classes, init=cfg.init or None, dropout=dropout)
+    if state is not None:
+        model.load_state_dict(state, strict=True)
+    if cfg.model_parallel:
+        if ctx.distributed:
+            raise UserError(
+                "--model-parallel runs one process over two devices; with torchrun each process would need its "
+                "own pair of devices, which this version does not assign: use one or the other"
+            )
+        model = place_columns(to_columns(model), parse_devices(cfg.model_parallel))
+    else:
+        model = model.to(ctx.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return ctx.wrap(model)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def saved_module(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """What a checkpoint stores: the model without its data-parallel wrapper, columns joined."""
+    return to_grouped(_unwrapped(model)) if cfg.model_parallel else _unwrapped(model)
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """The paper's update rule (section 5) is torch's SGD with momentum and L2 decay; the fused kernel
-    does the same update in one pass over the weights."""
+    """The paper's update rule (section 5) is torch's SGD with momentum and L2 decay (fused: the same update
+    in one pass over the weights); LARS for large global batches."""
+    if cfg.optimizer == "lars":
+        groups = lars_param_groups(model, cfg.weight_decay)
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
     return torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
         nesterov=cfg.nesterov, **sgd_kwargs(device),
@@ -118,66 +167,105 @@ def fit(
     data_root: str | Path | None, run_dir: str | Path, cfg: TrainConfig, *, resume: bool = False, quiet: bool = False
 ) -> RunResult:
     """Train ``cfg.model`` on ``data_root`` into ``run_dir``; ``resume`` continues its ``last`` checkpoint
-    (on the data it was trained on when ``data_root`` is None)."""
-    run_dir, report = Path(run_dir), Reporter(quiet)
+    (on the data it was trained on when ``data_root`` is None). Under torchrun, one process of a
+    data-parallel group; after an elastic restart it resumes by itself."""
+    ctx = distributed.setup(cfg.device)
+    try:
+        return _fit(ctx, data_root, Path(run_dir), cfg, resume or _restart_of(Path(run_dir)), quiet)
+    finally:
+        distributed.teardown()
+
+
+def _restart_of(run_dir: Path) -> bool:
+    return distributed.restarted() and last_checkpoint(run_dir).exists()
+
+
+def _fit(
+    ctx: Context, data_root: str | Path | None, run_dir: Path, cfg: TrainConfig, resume: bool, quiet: bool
+) -> RunResult:
+    report = Reporter(quiet or not ctx.is_main, silent=not ctx.is_main)
     tensors, saved = read_checkpoint(last_checkpoint(run_dir)) if resume else (None, {})
-    if not resume and last_checkpoint(run_dir).exists():
+    if not resume and ctx.is_main and last_checkpoint(run_dir).exists():
         raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or pick a new --output")
     data_root = data_root if data_root is not None else saved.get("data")
     if data_root is None:
         raise UserError("no data folder given")
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    if device.type == "cpu":
+    if cfg.batch_size % ctx.world:
+        raise UserError(
+            f"--batch-size {cfg.batch_size} (the global batch) does not split evenly over {ctx.world} processes"
+        )
+    precision = resolve_precision(cfg.precision, ctx.device)
+    if ctx.device.type == "cpu":
         tune_cpu_allocator()
-    seed_everything(cfg.seed)
-    writer = RunWriter(run_dir, saved)
-    ds = load_data(data_root, run_dir, cfg, device)
+    torch.manual_seed(cfg.seed)  # the initial weights
+    writer = RunWriter(run_dir, saved, enabled=ctx.is_main)
+    ds = load_data(data_root, run_dir, cfg, ctx)
     if resume and saved["classes"] != list(ds.card.classes):
         raise UserError(f"{writer.last} was trained on classes {saved['classes'][:5]}..., not this data's")
-    model = build_model(cfg, ds.card.num_classes, device)
-    optimizer = build_optimizer(cfg, model, device)
+    model = build_model(cfg, ds.card.num_classes, ctx, model_state(tensors) if tensors is not None else None)
+    optimizer = build_optimizer(cfg, model, ctx.device)
     schedule = make_schedule(cfg, optimizer, len(ds.train))
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    scaler = torch.amp.GradScaler(ctx.device.type) if precision == "fp16" else None
     if tensors is not None:
-        model.load_state_dict(model_state(tensors), strict=True)
-        restore_rng(load_training_state(tensors, saved, optimizer, schedule), ds.generator)
+        load_training_state(tensors, saved, optimizer, schedule)
     meta = {**ds.card.to_json(), "recipe": cfg.recipe, "config": config_to_dict(cfg), "data": str(ds.root)}
     writer.write_config(cfg)
     start = saved.get("epoch", 0)
-    report.start(cfg, ds, model, device, precision, run_dir, start)
+    report.start(cfg, ds, model, ctx, precision, run_dir, start)
     for epoch in range(start, cfg.epochs):
         lr = optimizer.param_groups[0]["lr"]
+        ctx.seed(cfg.seed, epoch)
+        ds.set_epoch(epoch)
         try:
-            with report.bar(epoch, cfg.epochs, "train", len(ds.train), estimate=epoch == start) as on_step:
+            bar = report.bar(epoch, cfg.epochs, "train", len(ds.train), estimate=epoch == start)
+            with bar as on_step, ctx.join(model):
                 tr = train_one_epoch(
-                    model, ds.train, optimizer, ds.augment, device=device, precision=precision,
-                    channels_last=cfg.channels_last, label_smoothing=cfg.label_smoothing,
-                    scheduler=schedule, scaler=scaler, on_step=on_step,
+                    model, ds.train, optimizer, ds.augment, device=ctx.device, precision=precision,
+                    channels_last=cfg.channels_last, label_smoothing=cfg.label_smoothing, scheduler=schedule,
+                    scaler=scaler, on_step=_fault_point(on_step, ctx, epoch + 1), reduce=ctx.reduce,
                 )  # fmt: skip
             va: dict[str, Any] = {}
             if ds.val is not None:
                 with report.bar(epoch, cfg.epochs, "val", len(ds.val)) as on_step:
                     va = evaluate(
-                        model, ds.val, crop=ds.card.input_size, mean=torch.tensor(ds.card.mean),
-                        std=torch.tensor(ds.card.std), device=device, num_classes=ds.card.num_classes,
-                        precision=precision, channels_last=cfg.channels_last, on_step=on_step,
+                        _unwrapped(model), ds.val,
+                        crop=ds.card.input_size, mean=torch.tensor(ds.card.mean), std=torch.tensor(ds.card.std),
+                        device=ctx.device, num_classes=ds.card.num_classes, precision=precision,
+                        channels_last=cfg.channels_last, on_step=on_step, reduce=ctx.reduce,
                     )  # fmt: skip
             schedule.step(1.0 - va["top1"] if va else tr["loss"])
             line = _epoch_line(epoch + 1, lr, tr, va, ds.skipped)
-            state = {"optimizer": optimizer, "scheduler": schedule, "rng": capture_rng(ds.generator)}
-            is_best = writer.end_epoch(line, model, meta, **state)
+            is_best = writer.end_epoch(line, saved_module(model, cfg), meta, optimizer=optimizer, scheduler=schedule)
+            ctx.barrier()  # no process starts the next epoch before the checkpoint of this one is complete
         except TrainingDiverged as e:
             kept = f"; the last good checkpoint is {writer.last}" if writer.last.exists() else ""
-            raise TrainingDiverged(
-                f"{e} in epoch {epoch + 1} (lr {lr:g}): training stopped{kept}. Try a lower --lr."
-            ) from None
+            message = f"{e} in epoch {epoch + 1} (lr {lr:g}): training stopped{kept}. Try a lower --lr."
+            raise TrainingDiverged(message) from None
         except KeyboardInterrupt:
             report.interrupted(epoch, writer, run_dir)
             raise
         report.epoch(line, cfg.epochs, is_best)
     writer.close()
     return {"run_dir": str(run_dir), "history": writer.history, "best_top1": writer.best_top1, "card": ds.card}
+
+
+def _fault_point(on_step: Callable, ctx: Context, epoch: int) -> Callable:
+    """``ALEXNET_FAULT_INJECT=EPOCH:STEP:RANK`` makes that rank kill itself (SIGKILL, as a crashed machine
+    would die) at that training step, on torchrun's first attempt only: how the tests check that an
+    elastic restart resumes the run exactly."""
+    spec = os.environ.get("ALEXNET_FAULT_INJECT")
+    if not spec or distributed.restarted():
+        return on_step
+    at_epoch, at_step, at_rank = (int(v) for v in spec.split(":"))
+    if (at_epoch, at_rank) != (epoch, ctx.rank):
+        return on_step
+
+    def step(meter: Any, loss: float) -> None:
+        on_step(meter, loss)
+        if meter.steps == at_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return step
 
 
 def _epoch_line(epoch: int, lr: float, tr: dict[str, Any], va: dict[str, Any], skipped_at_scan: int) -> dict[str, Any]:
@@ -200,7 +288,7 @@ def continue_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConf
     """The config a resumed run continues with: the saved one, plus flags given now (e.g. more --epochs)."""
     saved = config_from_dict(read_metadata(last_checkpoint(run_dir))["config"])
     cfg = config_from_dict(overrides, base=saved) if overrides else saved
-    for name in ("model", "schedule"):
+    for name in ("model", "schedule", "model_parallel", "optimizer"):
         if getattr(cfg, name) != getattr(saved, name):
             raise UserError(f"a resumed run keeps its {name} ({getattr(saved, name)}); start a new run to change it")
     if cfg.schedule == "onecycle":
