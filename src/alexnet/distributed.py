@@ -133,7 +133,11 @@ def setup(device_name: str = "auto") -> Context:
     elif device.type != "cpu":
         raise UserError(f"data-parallel training runs on CUDA (NCCL) or the CPU (gloo), not {device.type}")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # torchrun's store outlives a restart: the keys of the failed attempt (the dead processes'
+        # addresses) are still in it, so each attempt rendezvouses under a prefix of its own.
+        store, rank, world = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"alexnet/attempt{_env_int('TORCHELASTIC_RESTART_COUNT', 0)}", store)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world)
     return Context(rank=rank, world=world, local_rank=local_rank, device=device)
 
 
