@@ -117,16 +117,33 @@ def backward_update(
     optimizer: torch.optim.Optimizer,
     *,
     scaler: torch.amp.GradScaler | None = None,
-) -> None:
-    """Gradients of ``loss`` and one optimiser step (with fp16 loss scaling when ``scaler`` is given)."""
+    clip_grad_norm: float = 0.0,
+) -> float | None:
+    """Gradients of ``loss`` and one optimiser step (with fp16 loss scaling when ``scaler`` is given).
+
+    ``clip_grad_norm`` > 0 first rescales the gradients so that their global L2 norm is at most that value
+    (``torch.nn.utils.clip_grad_norm_``) and returns the norm before clipping.
+    """
     optimizer.zero_grad(set_to_none=True)
+    norm = None
     if scaler is not None:
         scaler.scale(loss).backward()
+        if clip_grad_norm > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+            norm = _clip(optimizer, clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
     else:
         loss.backward()
+        if clip_grad_norm > 0:
+            norm = _clip(optimizer, clip_grad_norm)
         optimizer.step()
+    return norm
+
+
+def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> float:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return float(nn.utils.clip_grad_norm_(params, max_norm))
 
 
 def train_one_epoch(
@@ -143,8 +160,11 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     on_step: Callable[[Meter, float], None] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    clip_grad_norm: float = 0.0,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, top-1/top-5 accuracy, images/s, skipped files.
+    """One pass over ``loader``; returns mean loss, top-1/top-5 accuracy, images/s, skipped files, and with
+    ``clip_grad_norm`` (see :func:`backward_update`) the largest gradient norm before clipping
+    (``grad_norm_max``) and the fraction of steps that were clipped (``clipped``).
 
     A NaN or infinite loss raises :class:`TrainingDiverged` before it reaches the weights. With
     ``reduce`` (the sum over data-parallel processes) the numbers are those of all processes together,
@@ -153,6 +173,7 @@ def train_one_epoch(
     """
     model.train()
     meter = Meter()
+    norms: list[float] = []
     for images, targets in _batches(loader, meter, device):
         x = augment(images)
         if channels_last:
@@ -163,7 +184,9 @@ def train_one_epoch(
         value = loss.item()
         if not math.isfinite(value) and reduce is None:
             raise TrainingDiverged(f"loss became {value} at step {meter.steps + 1}")
-        backward_update(loss, optimizer, scaler=scaler)
+        norm = backward_update(loss, optimizer, scaler=scaler, clip_grad_norm=clip_grad_norm)
+        if norm is not None:
+            norms.append(norm)
         if scheduler is not None:
             scheduler.step_update()
         meter.update(value, logits, targets)
@@ -173,7 +196,11 @@ def train_one_epoch(
         meter.reduce(reduce)
         if not math.isfinite(meter.loss):
             raise TrainingDiverged("the loss became non-finite on at least one process")
-    return meter.summary()
+    summary = meter.summary()
+    if norms:  # each process clips the same averaged gradients, so its own numbers are everyone's
+        summary["grad_norm_max"] = max(norms)
+        summary["clipped"] = sum(n > clip_grad_norm for n in norms) / len(norms)
+    return summary
 
 
 @torch.inference_mode()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .engine import Meter
 
-__all__ = ["Reporter"]
+__all__ = ["Reporter", "RunWarning"]
+
+
+class RunWarning(UserWarning):
+    """The run looks unhealthy (it blew up, or sits at chance): what to try is in the message."""
+
 
 _ESTIMATE_AFTER_STEPS, _ESTIMATE_AFTER_S = 10, 20.0
 
@@ -117,6 +123,11 @@ class Reporter:
             f"epoch {line['epoch']}/{epochs} | train loss {line['train_loss']:.4f} top-1 {line['train_top1']:.2%} | "
             f"{line['images_per_s']:.0f} img/s{val} | lr {line['lr']:.3g}{' | best' if is_best else ''}"
         )
+
+    def warn(self, message: str | None, epoch: int) -> None:
+        """A warning about the run's health (printed as one line by the CLI, catchable as a UserWarning)."""
+        if message and not self.silent:
+            warnings.warn(f"epoch {epoch}: {message}", RunWarning, stacklevel=2)
 
     def interrupted(self, epoch: int, writer: Any, run_dir: Path) -> None:
         if writer.history:

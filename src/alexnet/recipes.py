@@ -48,10 +48,18 @@ class TrainConfig:
     )
     plateau_patience: int = _f(2, "plateau: epochs without improvement before the lr drops")
     plateau_factor: float = _f(0.1, "plateau: lr multiplier at each drop")
+    plateau_min_epochs: int = _f(0, "plateau: no lr drop in the first this many epochs")
+    plateau_after_learning: bool = _f(
+        False, "plateau: no lr drop before validation top-1 has been clearly above chance once"
+    )
     step_size: int = _f(30, "step: epochs between lr drops")
     step_gamma: float = _f(0.1, "step: lr multiplier at each drop")
     warmup_pct: float = _f(0.25, "onecycle: fraction of the steps spent warming up")
     poly_power: float = _f(2.0, "poly: the power of (1 - step / total steps)")
+    warmup_epochs: float = _f(
+        0.0, "linear lr warm-up over this many epochs, per step from lr/steps to lr (Goyal et al. 2017); 0 = off"
+    )
+    clip_grad_norm: float = _f(0.0, "clip the gradients' global L2 norm at this value before each step; 0 = off")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
     init: Literal["", "paper", "caffe", "keras", "torch", "kaiming"] = _f(
         "", "weight init (see alexnet.models.init_weights); '' = the model's own"
@@ -95,6 +103,9 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
         ("step_gamma", 0 < cfg.step_gamma <= 1, "in (0, 1]"),
         ("warmup_pct", 0 < cfg.warmup_pct < 1, "in (0, 1)"),
         ("poly_power", finite(cfg.poly_power) and cfg.poly_power > 0, "a positive finite number"),
+        ("plateau_min_epochs", cfg.plateau_min_epochs >= 0, "at least 0"),
+        ("warmup_epochs", finite(cfg.warmup_epochs) and cfg.warmup_epochs >= 0, "a finite number >= 0"),
+        ("clip_grad_norm", finite(cfg.clip_grad_norm) and cfg.clip_grad_norm >= 0, "a finite number >= 0 (0: off)"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("dropout", cfg.dropout == -1 or 0 <= cfg.dropout < 1, "in [0, 1), or -1 for the model's own"),
         ("resize_size", 0 <= cfg.resize_size <= MAX_INPUT_SIZE, f"0 (the model's) or 1 to {MAX_INPUT_SIZE}"),
@@ -108,6 +119,8 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     problems = [
         f"--{name.replace('_', '-')} must be {want}, got {getattr(cfg, name)}" for name, ok, want in rules if not ok
     ]
+    if cfg.warmup_epochs and cfg.schedule == "onecycle":
+        problems.append("--schedule onecycle has its own warm-up (--warmup-pct): leave --warmup-epochs at 0")
     if cfg.optimizer == "lars" and cfg.nesterov:
         problems.append("--optimizer lars takes plain momentum: add --no-nesterov")
     if cfg.model_parallel and cfg.model not in ("alexnet2012", "alexnet2012_columns"):
@@ -125,8 +138,19 @@ _PAPER = TrainConfig()
 
 RECIPES: dict[str, TrainConfig] = {
     # Section 5 of the paper: SGD, batch 128, momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10
-    # whenever validation error stops improving, about 90 epochs; random crops, flips, fancy PCA.
-    "paper2012": _PAPER,
+    # whenever validation error stops improving, about 90 epochs; random crops, flips, fancy PCA; with four
+    # named departures that keep it from collapsing to chance on data with few classes (all four off is
+    # "paper2012_exact"):
+    # - init "caffe" (biases 0.1 instead of 1, fc6/fc7 std 0.005): with biases 1 every fc7 unit is about
+    #   the same for every image, and a step at lr 0.01 moves all logits together by ~lr * |fc7|^2 / classes,
+    #   past SGD's stability limit when there are tens of classes instead of 1000: the logits oscillate and
+    #   the saturated softmax kills most conv5/fc6/fc7 ReLUs for good within 20 steps;
+    # - clip_grad_norm 5: Caffe's init still blows up later, as the features grow;
+    # - plateau_min_epochs 4, plateau_after_learning: no lr/10 in the first epochs, nor while validation
+    #   top-1 has never been clearly above chance (a network at chance has no plateau).
+    "paper2012": replace(_PAPER, init="caffe", clip_grad_norm=5.0, plateau_min_epochs=4, plateau_after_learning=True),
+    # The 2012 setting exactly: the paper's init (biases 1), no clipping, the plain plateau rule.
+    "paper2012_exact": replace(_PAPER, recipe="paper2012_exact"),
     # torchvision's references/classification recipe for alexnet (8 GPUs x batch 32): lr 0.01,
     # momentum 0.9, weight decay 1e-4, lr x0.1 every 30 epochs, 90 epochs, no PCA lighting.
     "torchvision": replace(

@@ -28,13 +28,14 @@ from .device import resolve_precision, sgd_kwargs, tune_cpu_allocator
 from .distributed import Context, ShardSampler, parse_devices, place_columns
 from .engine import evaluate, train_one_epoch
 from .errors import TrainingDiverged, UserError
+from .health import chance_warning
 from .models import min_input_size
 from .optim import LARS, lars_param_groups
 from .progress import Reporter
 from .recipes import TrainConfig, config_from_dict, config_to_dict
 from .registry import create_model, get_spec
 from .rundir import RunWriter, last_checkpoint
-from .schedule import make_schedule
+from .schedule import EpochScore, make_schedule
 
 __all__ = ["fit", "load_data", "build_model", "build_optimizer", "continue_config", "TrainData", "RunResult"]
 
@@ -204,7 +205,7 @@ def _fit(
         raise UserError(f"{writer.last} was trained on classes {saved['classes'][:5]}..., not this data's")
     model = build_model(cfg, ds.card.num_classes, ctx, model_state(tensors) if tensors is not None else None)
     optimizer = build_optimizer(cfg, model, ctx.device)
-    schedule = make_schedule(cfg, optimizer, len(ds.train))
+    schedule = make_schedule(cfg, optimizer, len(ds.train), ds.card.num_classes)
     scaler = torch.amp.GradScaler(ctx.device.type) if precision == "fp16" else None
     if tensors is not None:
         load_training_state(tensors, saved, optimizer, schedule)
@@ -223,17 +224,10 @@ def _fit(
                     model, ds.train, optimizer, ds.augment, device=ctx.device, precision=precision,
                     channels_last=cfg.channels_last, label_smoothing=cfg.label_smoothing, scheduler=schedule,
                     scaler=scaler, on_step=_fault_point(on_step, ctx, epoch + 1), reduce=ctx.reduce,
+                    clip_grad_norm=cfg.clip_grad_norm,
                 )  # fmt: skip
-            va: dict[str, Any] = {}
-            if ds.val is not None:
-                with report.bar(epoch, cfg.epochs, "val", len(ds.val)) as on_step:
-                    va = evaluate(
-                        _unwrapped(model), ds.val,
-                        crop=ds.card.input_size, mean=torch.tensor(ds.card.mean), std=torch.tensor(ds.card.std),
-                        device=ctx.device, num_classes=ds.card.num_classes, precision=precision,
-                        channels_last=cfg.channels_last, on_step=on_step, reduce=ctx.reduce,
-                    )  # fmt: skip
-            schedule.step(1.0 - va["top1"] if va else tr["loss"])
+            va = _validate(model, ds, cfg, ctx, precision, report.bar(epoch, cfg.epochs, "val", len(ds.val or [])))
+            schedule.step(epoch + 1, _score(tr, va))
             line = _epoch_line(epoch + 1, lr, tr, va, ds.skipped)
             is_best = writer.end_epoch(line, saved_module(model, cfg), meta, optimizer=optimizer, scheduler=schedule)
             ctx.barrier()  # no process starts the next epoch before the checkpoint of this one is complete
@@ -245,8 +239,30 @@ def _fit(
             report.interrupted(epoch, writer, run_dir)
             raise
         report.epoch(line, cfg.epochs, is_best)
+        report.warn(chance_warning(writer.history, ds.card.num_classes, _score(tr, va).images), epoch + 1)
     writer.close()
     return {"run_dir": str(run_dir), "history": writer.history, "best_top1": writer.best_top1, "card": ds.card}
+
+
+def _validate(
+    model: nn.Module, ds: TrainData, cfg: TrainConfig, ctx: Context, precision: str, bar: Any
+) -> dict[str, Any]:
+    """The validation numbers of all processes' shares together ({} without a validation set)."""
+    if ds.val is None:
+        return {}
+    with bar as on_step:
+        return evaluate(
+            _unwrapped(model), ds.val, crop=ds.card.input_size, mean=torch.tensor(ds.card.mean),
+            std=torch.tensor(ds.card.std), device=ctx.device, num_classes=ds.card.num_classes,
+            precision=precision, channels_last=cfg.channels_last, on_step=on_step, reduce=ctx.reduce,
+        )  # fmt: skip
+
+
+def _score(tr: dict[str, Any], va: dict[str, Any]) -> EpochScore:
+    """What the plateau rule watches: the validation error, or the training loss without a validation set."""
+    if va:
+        return EpochScore(1.0 - va["top1"], va["top1"], va["images"])
+    return EpochScore(tr["loss"], tr["top1"], tr["images"])
 
 
 def _fault_point(on_step: Callable, ctx: Context, epoch: int) -> Callable:
@@ -281,6 +297,7 @@ def _epoch_line(epoch: int, lr: float, tr: dict[str, Any], va: dict[str, Any], s
         "images_per_s": tr["images_per_s"],
         "seconds": tr["seconds"] + va.get("seconds", 0.0),
         "skipped_files": skipped_at_scan + tr["skipped"] + va.get("skipped", 0),
+        **{k: tr[k] for k in ("grad_norm_max", "clipped") if k in tr},
     }
 
 
