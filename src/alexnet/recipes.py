@@ -156,6 +156,16 @@ RECIPES: dict[str, TrainConfig] = {
     "torchvision": replace(
         _PAPER, recipe="torchvision", model="alexnet", batch_size=256, weight_decay=1e-4, schedule="step", pca_std=0.0
     ),
+    # The blog's variant (BatchNorm after conv1/conv2, 'same' padding, Keras init) on the paper's optimiser:
+    # BatchNorm does not reach the fully connected head, so it keeps the clipping and the plateau rule.
+    "alexnet_bn": replace(
+        _PAPER,
+        recipe="alexnet_bn",
+        model="alexnet_bn",
+        clip_grad_norm=5.0,
+        plateau_min_epochs=4,
+        plateau_after_learning=True,
+    ),
     # Small images on a CPU in minutes (digits, CIFAR-sized data): the small variant, one-cycle lr.
     "small": replace(
         _PAPER,
