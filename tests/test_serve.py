@@ -180,7 +180,7 @@ def test_a_body_larger_than_it_declares_is_cut_off(client):
             yield b"\0" * 65536  # 6.5 MB, over 4 files x 200 kB
 
     r = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
-    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert r.status_code == 413 and "request body over the limit" in r.json()["error"]
 
 
 # --------------------------------------------------------------------------------------------- batching

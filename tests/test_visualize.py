@@ -141,10 +141,34 @@ def test_predictions_show_the_models_top_classes_with_the_true_class_in_red(clf,
         order = probs.argsort(descending=True).tolist()
         assert [name for name, _ in r["top"]] == [CARD.classes[i] for i in order]
         assert [p for _, p in r["top"]] == pytest.approx(probs[order].tolist(), rel=1e-4)
-    # With 3 classes the true one is always among the bars: one red bar per image.
+
+
+def test_the_true_class_bar_is_red_and_as_long_as_its_probability(tiny_data, tmp_path):
+    """A model that ignores the image: fc8 = 0, biases (0, 1, 2), so every image gets the softmax of (0, 1, 2)
+    and the true class's bar (the only red one) has that class's length, whichever class it is."""
+    model = create_model("alexnet_small", 3).eval()
+    fc8 = named_layers(model)[-1][1]
+    with torch.no_grad():
+        fc8.weight.zero_()
+        fc8.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    p = np.exp([0.0, 1.0, 2.0]) / np.exp([0.0, 1.0, 2.0]).sum()
+    clf = Classifier.from_module(model, CARD, "test", torch.device("cpu"))
+    fig = predictions_figure(clf, tiny_data, tmp_path / "p.png", count=6, precision="fp32")
+    picture = read_png(tmp_path / "p.png")
     red = np.array([int(TRUE_COLOUR[i : i + 2], 16) for i in (1, 3, 5)])
-    labels, _ = ndimage.label(np.abs(picture.astype(int) - red).max(axis=2) <= 3)
-    assert sum(np.bincount(labels.ravel())[1:] > 1000) == 6  # bars, not the red pixels of the red images
+    mask = ndimage.binary_closing(np.abs(picture.astype(int) - red).max(axis=2) <= 3, iterations=3)  # the text
+    labels, _ = ndimage.label(mask)
+    bars = []
+    for box in ndimage.find_objects(labels):
+        h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
+        if h * w > 100 and (labels[box] > 0).mean() > 0.9:  # filled rectangles, not red pixels of the photos
+            bars.append((box[0].start * 2 // picture.shape[0], box[1].start, w))  # (panel row, x, width)
+    bars.sort()
+    true_p = [p[CARD.classes.index(r["true"])] for r in fig.details["records"]]
+    assert len(bars) == 6
+    widths = np.array([w for _, _, w in bars])
+    unit = widths[np.argmax(true_p)] / max(true_p)  # pixels for probability 1, from the longest bar
+    assert np.abs(widths - unit * np.array(true_p)).max() <= 4, (widths, true_p)  # a few pixels of edge
 
 
 # --------------------------------------------------------------------------------------------- fc7 features
@@ -212,7 +236,9 @@ def test_a_training_image_is_its_own_nearest_neighbour_at_distance_zero(clf, sma
 
 
 def test_neighbors_figure_has_a_row_per_query(clf, tiny_data, tmp_path):
-    fig = neighbors_figure(clf, tiny_data, tmp_path / "n.png", count=3, k=4, workers=0, metric="cosine", precision="fp32")
+    fig = neighbors_figure(
+        clf, tiny_data, tmp_path / "n.png", count=3, k=4, workers=0, metric="cosine", precision="fp32"
+    )
     picture = read_png(tmp_path / "n.png")
     assert picture.shape[:2] == (fig.height, fig.width) == (round(100 * (2.0 * 3 + 0.5)), round(100 * 1.75 * 5))
     assert fig.details["indices"].shape == (3, 4) and "3 queries x 4 nearest of 24 training images" in fig.summary
@@ -242,6 +268,18 @@ def test_confused_classes_picks_the_classes_of_the_largest_confusions():
     shown, pairs = confused_classes(m, limit=5)
     assert shown == [3, 7, 12, 30, 31] and pairs[:3] == [(3, 7, 9), (12, 3, 8), (30, 31, 7)]
     assert confused_classes(m[:4, :4], limit=5)[0] == [0, 1, 2, 3]
+
+
+def test_a_thousand_class_confusion_shows_only_the_most_confused_classes(tmp_path):
+    from alexnet.visualize import plot_confusion
+
+    m = np.diag(np.full(1000, 20))
+    m[10, 500], m[600, 10], m[999, 0] = 7, 5, 3
+    fig = plot_confusion(m, [f"class {i}" for i in range(1000)], tmp_path / "m.png", limit=4)
+    assert fig.details["shown"] == ["class 10", "class 500", "class 600", "class 999"]  # of the 3 largest
+    assert "the 4 most confused of 1000 classes on 20015 images" in fig.summary
+    assert read_png(tmp_path / "m.png").shape[:2] == (fig.height, fig.width)
+    assert fig.width < 1400 and fig.height < 1000  # a few rows, not a thousand
 
 
 def test_confusion_figure_on_a_folder(clf, tiny_data, tmp_path):

@@ -43,6 +43,7 @@ __all__ = [
     "neighbors_figure",
     "curves_figure",
     "confusion_figure",
+    "plot_confusion",
     "activations_figure",
     "kernel_tiles",
     "labelled_samples",
@@ -174,8 +175,8 @@ def filters_figure(clf: Classifier, path: str | os.PathLike) -> Figure:
     per_block = len(blocks[0])
     cols = math.ceil(per_block / 3) if len(blocks) > 1 else _columns_for(per_block)  # figure 3: 3 rows of 16
     mosaics = [_mosaic(b, cols, gap=1, fill=1.0) for b in blocks]
-    scale = max(2, min(8, round(1200 / (mosaics[0].shape[1] * DPI / 100))))  # screen pixels per kernel pixel
-    width_in = mosaics[0].shape[1] * scale / DPI + 0.4
+    scale = max(2, min(24, round(800 / mosaics[0].shape[1])))  # screen pixels per kernel pixel: ~800 px wide
+    width_in = max(mosaics[0].shape[1] * scale / DPI + 0.4, 6.5)  # at least the title's width
     block_h = mosaics[0].shape[0] * scale / DPI
     fig = _new_figure(width_in, len(blocks) * (block_h + 0.35) + 0.45)
     axes = fig.subplots(len(blocks), 1, squeeze=False)[:, 0]
@@ -240,8 +241,7 @@ def predictions_figure(
         bars.barh(ypos, values, color=colours, height=0.8)
         for y, name, v in zip(ypos, names, values, strict=True):
             bars.text(0.02, y, f"{name}  {v:.0%}", va="center", ha="left", fontsize=8.5)
-        bars.set(xlim=(0, 1), ylim=(-0.6, k - 0.4), yticks=[], xticks=[0, 0.5, 1])
-        bars.tick_params(labelsize=7)
+        bars.set(xlim=(0, 1), ylim=(-0.6, k - 0.4), yticks=[], xticks=[])  # the percentages are written
         hits += true_index in top_i[n].tolist()
         records.append({"file": str(p), "true": true_name, "top": list(zip(names, values, strict=True))})
     fig.suptitle(f"{clf.card.model}: top-{k} predictions (true class in red) on {folder}", fontsize=11)
@@ -401,6 +401,49 @@ def confused_classes(confusion: np.ndarray, limit: int) -> tuple[list[int], list
     return sorted(chosen), pairs
 
 
+def plot_confusion(
+    confusion: np.ndarray, classes: Sequence[str], path: str | os.PathLike, *, title: str = "", limit: int = 25
+) -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted; counts) as a heat map, each row normalised
+    by its images, counts written in the cells, and a list of the largest confusions. Classes with neither
+    images nor predictions are left out; past ``limit`` classes only the most confused ones are shown."""
+    confusion = np.asarray(confusion)
+    counts = confusion.sum(axis=1)
+    present = [i for i in range(len(confusion)) if counts[i] > 0 or confusion[:, i].sum() > 0]
+    shown, pairs = confused_classes(confusion[np.ix_(present, present)], limit)
+    shown = [present[i] for i in shown]
+    pairs = [(present[t], present[p], n) for t, p, n in pairs]
+    sub = confusion[np.ix_(shown, shown)].astype(float)
+    rows = np.where(counts[shown] > 0, counts[shown], 1)[:, None]
+    names = [classes[i] for i in shown]
+    side = max(5.0, 0.38 * len(shown) + 2.5)
+    listed = pairs[:15]
+    names_in = 0.07 * max(len(n) for n in names)  # room for the rotated class names under the matrix
+    fig = _new_figure(side + names_in + (4.8 if listed else 0), side + names_in)
+    if listed:
+        ax, text_ax = fig.subplots(1, 2, width_ratios=[side + names_in, 4.8])
+    else:
+        ax, text_ax = fig.subplots(1, 1), None
+    im = ax.imshow(sub / rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    for (i, j), v in np.ndenumerate(sub):
+        if v:
+            ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7,
+                    color="white" if v / rows[i, 0] > 0.5 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, shrink=0.7, label="fraction of the true class")
+    if text_ax is not None:
+        text_ax.axis("off")
+        lines = [f"{classes[t]} -> {classes[p]}: {n}" for t, p, n in listed]
+        text_ax.text(0, 1, "most confused (true -> predicted: images)\n\n" + "\n".join(lines),
+                     va="top", ha="left", fontsize=8.5, family="monospace", transform=text_ax.transAxes)  # fmt: skip
+    what = "all" if len(shown) == len(present) else f"the {len(shown)} most confused of"
+    ax.set_title(f"{title}{': ' if title else ''}{what} {len(present)} classes", fontsize=10)
+    summary = f"confusion of {what} {len(present)} classes on {int(counts.sum())} images"
+    return _save(fig, path, summary, shown=names, pairs=listed)
+
+
 def confusion_figure(
     clf: Classifier,
     folder: str | os.PathLike,
@@ -410,47 +453,16 @@ def confusion_figure(
     workers: int = 2,
     precision: str = "auto",
 ) -> Figure:
-    """The confusion matrix on a labelled folder as a heat map (rows: true class, normalised to sum to 1;
-    counts written in the cells). With more than ``limit`` classes, only the most confused ones."""
+    """The confusion matrix of ``clf`` on a labelled folder (its test/ or val/ part), as
+    :func:`plot_confusion` draws it."""
     from .inference import evaluate_folder
 
     result = evaluate_folder(clf, folder, workers=workers, precision=precision)
-    confusion = np.asarray(result["confusion"])
-    counts = np.asarray(result["per_class_images"])
-    present = [i for i in range(len(confusion)) if counts[i] > 0 or confusion[:, i].sum() > 0]
-    shown, pairs = confused_classes(confusion[np.ix_(present, present)], limit)
-    shown = [present[i] for i in shown]
-    pairs = [(present[t], present[p], n) for t, p, n in pairs]
-    sub = confusion[np.ix_(shown, shown)].astype(float)
-    rows = np.where(counts[shown] > 0, counts[shown], 1)[:, None]
-    names = [clf.card.classes[i] for i in shown]
-    side = max(5.0, 0.38 * len(shown) + 2.5)
-    listed = pairs[:15]
-    fig = _new_figure(side + (4.2 if listed else 0), side)
-    if listed:
-        ax, text_ax = fig.subplots(1, 2, width_ratios=[side, 4.2])
-    else:
-        ax, text_ax = fig.subplots(1, 1), None
-    im = ax.imshow(sub / rows, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set(xlabel="predicted class", ylabel="true class")
-    if len(shown) <= 30:
-        for (i, j), v in np.ndenumerate(sub):
-            if v:
-                ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7,
-                        color="white" if v / rows[i, 0] > 0.5 else "black")  # fmt: skip
-    fig.colorbar(im, ax=ax, shrink=0.7, label="fraction of the true class")
-    if text_ax is not None:
-        text_ax.axis("off")
-        lines = [f"{clf.card.classes[t]} -> {clf.card.classes[p]}: {n}" for t, p, n in listed]
-        text_ax.text(0, 1, "most confused (true -> predicted: images)\n\n" + "\n".join(lines),
-                     va="top", ha="left", fontsize=9, family="monospace", transform=text_ax.transAxes)  # fmt: skip
-    what = "all" if len(shown) == len(present) else f"the {len(shown)} most confused of"
-    ax.set_title(f"{clf.card.model} on {result['folder']}: top-1 {result['top1']:.1%}, {what} "
-                 f"{len(present)} classes", fontsize=10)  # fmt: skip
-    summary = f"confusion of {what} {len(present)} classes on {result['images']} images (top-1 {result['top1']:.1%})"
-    return _save(fig, path, summary, shown=names, top1=result["top1"], pairs=listed)
+    title = f"{clf.card.model} on {result['folder']}: top-1 {result['top1']:.1%}"
+    fig = plot_confusion(np.asarray(result["confusion"]), clf.card.classes, path, title=title, limit=limit)
+    fig.summary += f" (top-1 {result['top1']:.1%})"
+    fig.details["top1"] = result["top1"]
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
