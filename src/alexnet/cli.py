@@ -378,6 +378,7 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "visualize",
         help="the paper's pictures as PNGs: filters, predictions, neighbors, curves, confusion, activations",
+        usage="%(prog)s [CHECKPOINT] WHAT [DATA] --output DIR [options]",
         description="alexnet visualize CHECKPOINT WHAT [DATA] --output DIR.  WHAT: filters (conv1 kernels, "
         "figure 3); predictions DATA (top-5 bars); neighbors DATA (nearest training images in fc7 space, "
         "figure 4); curves [RUN_DIR] (loss, top-1/top-5, lr); confusion DATA; activations IMAGE (conv "
