@@ -82,12 +82,13 @@ def create_app(
     """The app serving ``classifier`` as it is (call :meth:`Classifier.fast` first for the fast mode).
 
     ``max_batch=1`` turns batching of concurrent requests off. ``decode_threads`` bounds how many uploads
-    are decoded at once (so their memory), by default the number of CPUs.
+    are read and decoded at once (so their memory), by default the number of CPUs, at most 4.
     """
     limits = limits or Limits()
     clf = classifier
     batcher = Batcher(clf, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    decoders = anyio.CapacityLimiter(decode_threads or os.cpu_count() or 2)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    decoders = anyio.CapacityLimiter(decode_threads or min(cpus, 4))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -140,8 +141,10 @@ def create_app(
             },
         }
 
-    def prepare(name: str, raw: bytes) -> tuple[torch.Tensor, tuple[int, int]]:
-        image, size = decode_upload(clf, name, raw, limits)
+    def prepare(name: str, file: Any) -> tuple[torch.Tensor, tuple[int, int]]:
+        # Read inside the decoding limiter: at most that many uploads are in memory at once.
+        file.seek(0)
+        image, size = decode_upload(clf, name, file.read(limits.max_upload_bytes + 1), limits)
         return clf.preprocess(image[None]), size
 
     @app.post("/predict")
@@ -151,6 +154,7 @@ def create_app(
         if declared is not None and declared.isdigit() and int(declared) > limits.max_request_bytes:
             return _error(413, f"request of {int(declared)} bytes is over the limit of {limits.max_request_bytes}")
         limited = Request(request.scope, _limited(request.receive, limits.max_request_bytes))
+        decoded, names = [], []
         try:
             async with limited.form(max_files=limits.max_files, max_fields=limits.max_files) as form:
                 uploads = form.getlist("file")
@@ -158,25 +162,18 @@ def create_app(
                     return _error(400, "no image: send it as multipart/form-data in a field named 'file'")
                 if not all(isinstance(u, UploadFile) for u in uploads):
                     return _error(400, "the 'file' field must be a file upload, not text")
-                files = []
-                for i, u in enumerate(uploads):
-                    name = u.filename or f"file {i + 1}"
-                    check_size(name, u.size or 0, limits)
-                    files.append((name, await u.read()))
+                names = [u.filename or f"file {i + 1}" for i, u in enumerate(uploads)]
+                for name, u in zip(names, uploads, strict=True):
+                    if u.size is not None:  # refuse an oversized file before any is decoded
+                        check_size(name, u.size, limits)
+                decode_start = time.perf_counter()
+                for name, u in zip(names, uploads, strict=True):
+                    decoded.append(await anyio.to_thread.run_sync(prepare, name, u.file, limiter=decoders))
+                decode_ms = (time.perf_counter() - decode_start) * 1000
         except _BodyTooLarge:
             return _error(413, f"request body over the limit of {limits.max_request_bytes} bytes")
         except UploadError as e:
             return _error(e.status, str(e))
-        decoded = []
-        decode_start = time.perf_counter()
-        try:
-            for name, raw in files:
-                decoded.append(await anyio.to_thread.run_sync(prepare, name, raw, limiter=decoders))
-        except UploadError as e:
-            return _error(e.status, str(e))
-        decode_ms = (time.perf_counter() - decode_start) * 1000
-        names = [name for name, _ in files]
-        del files  # the raw bytes are not needed past decoding
         logits, info = await batcher.submit(torch.cat([x for x, _ in decoded]))
         probs = logits.float().softmax(1)
         k = min(top_k, clf.card.num_classes)
