@@ -8,10 +8,11 @@ The paper (section 6.1, figure 4) measures how similar two images are by the Euc
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -19,10 +20,19 @@ from torch import Tensor, nn
 from . import data
 from .columns import AlexNetColumns, to_grouped
 from .errors import UserError
-from .inference import Classifier
+from .inference import Classifier, eval_folder
 from .models import AlexNet
 
-__all__ = ["fc7_model", "FeatureExtractor", "nearest", "METRICS"]
+__all__ = [
+    "fc7_model",
+    "FeatureExtractor",
+    "distances",
+    "nearest",
+    "find_neighbors",
+    "neighbor_folders",
+    "torch_model",
+    "METRICS",
+]
 
 Metric = Literal["euclidean", "cosine"]
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
@@ -119,3 +129,43 @@ def nearest(queries: Tensor, gallery: Tensor, k: int, metric: Metric = "euclidea
     d = distances(queries, gallery, metric)
     values, indices = d.topk(min(k, gallery.shape[0]), dim=1, largest=False)
     return indices, values.float()
+
+
+def neighbor_folders(root: str | os.PathLike) -> tuple[Path, Path]:
+    """(gallery, queries): ``DATA/train`` and the test/val part; a plain folder is both."""
+    root = Path(eval_folder(root))
+    gallery = root.parent / "train" if root.name in ("test", "val") and (root.parent / "train").is_dir() else root
+    return gallery, root
+
+
+def find_neighbors(
+    clf: Classifier,
+    gallery: Sequence[tuple[Path, int]],
+    queries: Sequence[tuple[Path, int]],
+    *,
+    k: int = 6,
+    metric: Metric = "euclidean",
+    batch_size: int = 64,
+    workers: int = 2,
+    precision: str = "auto",
+) -> dict[str, Any]:
+    """The ``k`` gallery images nearest each query by their fc7 vectors. A query that is itself in the
+    gallery reuses the gallery's vector (so it finds itself at distance 0). Returns indices, distances
+    and the feature timing."""
+    heldout = clf.preprocess(torch.stack([clf.decode(p) for p, _ in gallery[:256]]))
+    # The features run in the mode the classifier is accepted in (top-1 agreement on these images).
+    clf.fast(heldout if precision == "auto" else None, precision)
+    extractor = FeatureExtractor(clf, example=heldout[:batch_size])
+    feats, timing = extractor.dataset(clf, gallery, batch_size=batch_size, workers=workers)
+    position = {str(p): i for i, (p, _) in enumerate(gallery)}
+    missing = [q for q in queries if str(q[0]) not in position]
+    extra, _ = extractor.dataset(clf, missing, batch_size=batch_size, workers=0) if missing else (None, None)
+    rows, j = [], 0
+    for q, _ in queries:
+        if str(q) in position:
+            rows.append(feats[position[str(q)]])
+        else:
+            rows.append(extra[j])
+            j += 1
+    indices, dists = nearest(torch.stack(rows), feats, k, metric)
+    return {"indices": indices, "distances": dists, "timing": timing, "mode": extractor.mode, "features": feats}

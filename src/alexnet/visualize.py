@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from . import data
 from .errors import UserError
-from .features import FeatureExtractor, Metric, nearest, torch_model
+from .features import Metric, find_neighbors, neighbor_folders, torch_model
 from .files import atomic_write_bytes
 from .inference import Classifier, eval_folder
 from .models import named_layers
@@ -252,46 +252,6 @@ def predictions_figure(
 # --------------------------------------------------------------------------------------------
 # Figure 4, right: nearest training images in fc7 space
 # --------------------------------------------------------------------------------------------
-def neighbor_folders(root: str | os.PathLike) -> tuple[Path, Path]:
-    """(gallery, queries): ``DATA/train`` and the test/val part; a plain folder is both."""
-    root = Path(eval_folder(root))
-    gallery = root.parent / "train" if root.name in ("test", "val") and (root.parent / "train").is_dir() else root
-    return gallery, root
-
-
-def find_neighbors(
-    clf: Classifier,
-    gallery: Sequence[tuple[Path, int]],
-    queries: Sequence[tuple[Path, int]],
-    *,
-    k: int = 6,
-    metric: Metric = "euclidean",
-    batch_size: int = 64,
-    workers: int = 2,
-    precision: str = "auto",
-) -> dict[str, Any]:
-    """The ``k`` gallery images nearest each query by their fc7 vectors. A query that is itself in the
-    gallery reuses the gallery's vector (so it finds itself at distance 0). Returns indices, distances
-    and the feature timing."""
-    heldout = clf.preprocess(torch.stack([clf.decode(p) for p, _ in gallery[:256]]))
-    # The features run in the mode the classifier is accepted in (top-1 agreement on these images).
-    clf.fast(heldout if precision == "auto" else None, precision)
-    extractor = FeatureExtractor(clf, example=heldout[:batch_size])
-    feats, timing = extractor.dataset(clf, gallery, batch_size=batch_size, workers=workers)
-    position = {str(p): i for i, (p, _) in enumerate(gallery)}
-    missing = [q for q in queries if str(q[0]) not in position]
-    extra, _ = extractor.dataset(clf, missing, batch_size=batch_size, workers=0) if missing else (None, None)
-    rows, j = [], 0
-    for q, _ in queries:
-        if str(q) in position:
-            rows.append(feats[position[str(q)]])
-        else:
-            rows.append(extra[j])
-            j += 1
-    indices, dists = nearest(torch.stack(rows), feats, k, metric)
-    return {"indices": indices, "distances": dists, "timing": timing, "mode": extractor.mode, "features": feats}
-
-
 def neighbors_figure(
     clf: Classifier,
     root: str | os.PathLike,
