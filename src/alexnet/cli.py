@@ -367,6 +367,223 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- visualize
+_NEEDS_DATA = {"predictions": "DATA", "neighbors": "DATA", "confusion": "DATA", "activations": "IMAGE"}
+
+
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    from .features import METRICS
+    from .visualize import WHATS
+
+    p = sub.add_parser(
+        "visualize",
+        help="the paper's pictures as PNGs: filters, predictions, neighbors, curves, confusion, activations",
+        usage="%(prog)s [CHECKPOINT] WHAT [DATA] --output DIR [options]",
+        description="alexnet visualize CHECKPOINT WHAT [DATA] --output DIR.  WHAT: filters (conv1 kernels, "
+        "figure 3); predictions DATA (top-5 bars); neighbors DATA (nearest training images in fc7 space, "
+        "figure 4); curves [RUN_DIR] (loss, top-1/top-5, lr); confusion DATA; activations IMAGE (conv "
+        "feature maps). CHECKPOINT: a checkpoint file or run folder, or leave it out and give --model NAME "
+        "--weights PATH (torchvision-format weights).",
+    )
+    p.add_argument("parts", nargs="+", metavar="[CHECKPOINT] WHAT [DATA]", help=f"WHAT: {', '.join(WHATS)}")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder the PNG goes into (WHAT.png)")
+    p.add_argument("--model", help="with --weights: a model name (e.g. alexnet) instead of CHECKPOINT")
+    p.add_argument("--weights", help="torchvision-format weights file (or 'torchvision' to download)")
+    p.add_argument(
+        "--count",
+        type=_at_least(1, 64),
+        default=None,
+        metavar="N",
+        help="images shown: predictions (default 8), neighbors' queries (default 5)",
+    )
+    p.add_argument(
+        "--neighbors",
+        "-k",
+        type=_at_least(1, 20),
+        default=6,
+        metavar="K",
+        help="neighbors: training images per query (default: %(default)s)",
+    )
+    p.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="euclidean",
+        help="neighbors: distance of fc7 vectors (default: %(default)s, as the paper)",
+    )
+    p.add_argument(
+        "--limit",
+        type=_at_least(2, 60),
+        default=25,
+        metavar="N",
+        help="confusion: classes shown at most (the most confused ones) (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="which images are picked (default: %(default)s)")
+    p.add_argument("--batch-size", type=_at_least(1), default=64, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--workers", type=_at_least(0), default=2, help="image-decoding processes (default: %(default)s)")
+    _precision_arg(p)
+    p.set_defaults(func=_cmd_visualize)
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from . import visualize as viz
+    from .files import check_writable
+    from .inference import load_classifier
+
+    parts = list(args.parts)
+    source = None if parts[0] in viz.WHATS else parts.pop(0)
+    if not parts or parts[0] not in viz.WHATS:
+        raise UserError(f"say what to draw after the checkpoint: one of {', '.join(viz.WHATS)}")
+    what, rest = parts[0], parts[1:]
+    if len(rest) > 1:
+        raise UserError(f"visualize {what} takes at most one DATA argument, got {len(rest)}: {' '.join(rest)}")
+    target = rest[0] if rest else None
+    if what in _NEEDS_DATA and target is None:
+        raise UserError(f"visualize {what} needs {_NEEDS_DATA[what]} after it (e.g. ... {what} path/to/data)")
+    if what in ("filters",) and target is not None:
+        raise UserError(f"visualize {what} takes no DATA (got {target})")
+    out = Path(args.output) / f"{what}.png"
+    check_writable(out)  # before any model is loaded or image decoded
+    if what == "curves":
+        run = target or source
+        if run is None:
+            raise UserError("visualize curves needs a run folder: alexnet visualize RUN_DIR curves --output DIR")
+        print(viz.curves_figure(run, out).line())
+        return 0
+    if source is not None and (args.model or args.weights):
+        raise UserError("give CHECKPOINT or --model/--weights, not both")
+    clf = load_classifier(source, model=args.model, weights=args.weights, device=args.device)
+    if what == "filters":
+        fig = viz.filters_figure(clf, out)
+    elif what == "predictions":
+        fig = viz.predictions_figure(clf, target, out, count=args.count or 8, seed=args.seed, precision=args.precision)
+    elif what == "neighbors":
+        fig = viz.neighbors_figure(
+            clf,
+            target,
+            out,
+            count=args.count or 5,
+            k=args.neighbors,
+            metric=args.metric,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            precision=args.precision,
+        )
+    elif what == "confusion":
+        fig = viz.confusion_figure(clf, target, out, limit=args.limit, workers=args.workers, precision=args.precision)
+    else:
+        fig = viz.activations_figure(clf, target, out)
+    print(fig.line())
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- serve
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="a web page and JSON API (POST /predict) classifying uploaded images",
+        description="Serve CHECKPOINT (or --model NAME --weights PATH): GET / a page to drop images on, "
+        "POST /predict (multipart, images in fields named 'file'), GET /health, GET /model. Binds to "
+        "localhost unless --host says otherwise. --load-test measures requests/s and latency on loopback "
+        "instead of serving.",
+    )
+    p.add_argument("source", nargs="?", metavar="CHECKPOINT", help="checkpoint file, run folder or .onnx file")
+    p.add_argument("--model", help="with --weights: a model name (e.g. alexnet) instead of CHECKPOINT")
+    p.add_argument("--weights", help="torchvision-format weights file (or 'torchvision' to download)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=_at_least(0, 65535), default=8000, help="TCP port (default: %(default)s)")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, metavar="MB", help="largest file accepted (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=40.0,
+        metavar="MPIX",
+        help="largest image accepted, read from its header before decoding (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-files", type=_at_least(1, 256), default=16, metavar="N", help="images per request (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-batch",
+        type=_at_least(1, 256),
+        default=16,
+        metavar="N",
+        help="images of concurrent requests run as one batch; 1 turns batching off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        metavar="MS",
+        help="how long a batch waits for more requests (default: %(default)s)",
+    )
+    p.add_argument(
+        "--heldout",
+        metavar="DATA",
+        help="images like those to be served: bf16 is used only if its top-1 agrees with fp32 on them",
+    )
+    _precision_arg(p)
+    load = p.add_argument_group("load test (instead of serving)")
+    load.add_argument("--load-test", action="store_true", help="measure batched against one-at-a-time and exit")
+    load.add_argument("--requests", type=_at_least(1, 100_000), default=400, help="per round (default: %(default)s)")
+    load.add_argument("--concurrency", type=_at_least(1, 256), default=16, help="in flight (default: %(default)s)")
+    load.add_argument("--rounds", type=_at_least(1, 20), default=3, help="of each set-up (default: %(default)s)")
+    load.add_argument("--image", metavar="FILE", help="the image uploaded (default: a generated 500x375 JPEG)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .inference import load_classifier
+
+    try:
+        from .serve import Limits, create_app, is_loopback, run_server
+        from .serve.app import make_fast
+    except ImportError as e:
+        raise UserError(f"serving needs FastAPI and uvicorn: pip install 'alexnet[serve]' ({e})") from e
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.batch_wait_ms < 0:
+        raise UserError("--max-upload-mb and --max-megapixels must be positive, --batch-wait-ms at least 0")
+    if args.source is not None and (args.model or args.weights):
+        raise UserError("give CHECKPOINT or --model/--weights, not both")
+    payload = None
+    if args.image:
+        try:
+            payload = Path(args.image).read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read {args.image}: {e.strerror or e}") from e
+    clf = make_fast(
+        load_classifier(args.source, model=args.model, weights=args.weights, device=args.device),
+        args.precision,
+        args.heldout,
+    )
+    mode = clf.mode.get("mode")
+    if args.load_test:
+        from .serve.loadtest import compare_batching, sample_jpeg
+
+        result = compare_batching(
+            clf, payload or sample_jpeg(), requests=args.requests, concurrency=args.concurrency,
+            rounds=args.rounds, max_batch=max(args.max_batch, 2), max_wait_ms=args.batch_wait_ms,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )  # fmt: skip
+        print(f"{clf.card.model} ({mode}), {args.requests} requests x {args.rounds} rounds, "
+              f"{args.concurrency} at a time, loopback; median of the rounds:")  # fmt: skip
+        for name, r in result["results"].items():
+            print(f"  {name:<34} {r['requests_per_s']:7.1f} req/s   p50 {r['p50_ms']:7.1f} ms   "
+                  f"p99 {r['p99_ms']:7.1f} ms   errors {r['errors']}")  # fmt: skip
+        print(f"  batching: {result['speedup']:.2f}x the requests/s")
+        return 1 if any(r["errors"] for r in result["results"].values()) else 0
+    limits = Limits(int(args.max_upload_mb * 1024 * 1024), int(args.max_megapixels * 1e6), args.max_files)
+    app = create_app(clf, limits=limits, max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms)
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}: other machines can reach this server", file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {clf.card.model} ({clf.card.num_classes} classes, {mode}) on http://{host}:{args.port}/ "
+          "(API: POST /predict, GET /model, GET /health); Ctrl-C stops", flush=True)  # fmt: skip
+    run_server(app, args.host, args.port)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 # Each command module adds its parser here; order is the order of `alexnet --help`.
 _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -376,6 +593,8 @@ _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_predict,
     _add_benchmark,
     _add_export,
+    _add_visualize,
+    _add_serve,
 ]
 
 
