@@ -367,6 +367,66 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- prepare
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    from .prepare import DEFAULT_ENCODING
+    from .prepared import ENCODINGS, MODES
+
+    p = sub.add_parser(
+        "prepare",
+        help="down-sample an image folder once into a prepared dataset (memory-mapped shards) for fast training",
+        description="Convert SRC/<class>/* (or SRC/train, SRC/val, SRC/test) into DST: every image decoded once, "
+        "its shorter side resized to --size (or centre-cropped to a square), stored in shards with its label. "
+        "Unreadable files are skipped and listed in DST/skipped.tsv. Killed half way, the same command "
+        "finishes the rest. `alexnet train DST` and `alexnet evaluate CKPT DST` read the result.",
+    )
+    p.add_argument("src", metavar="SRC", help="image folder (or 'digits', 'photos')")
+    p.add_argument("dst", metavar="DST", help="the prepared dataset's folder (new, empty, or an unfinished one)")
+    p.add_argument(
+        "--size", type=_at_least(1, 65535), default=256, help="shorter side in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--mode", choices=MODES, default="shorter-side",
+        help="keep the aspect ratio, or keep only the central size x size square as the paper did "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", choices=ENCODINGS, default=DEFAULT_ENCODING,
+        help="raw: uint8 pixels, no decoding when training (fastest, largest); jpeg: re-encoded JPEG, about a "
+        "tenth of the bytes, decoded when loaded (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--quality", type=_at_least(1, 100), default=90, help="JPEG quality (default: %(default)s)")
+    p.add_argument(
+        "--shard-images", type=_at_least(1), default=1024, help="images per shard file (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workers", type=_at_least(0), default=None, help="converting processes (default: one per core; 0: none)"
+    )
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not skipped")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import PrepareOptions, prepare_dataset
+
+    options = PrepareOptions(args.size, args.mode, args.format, args.quality, args.shard_images)
+    result = prepare_dataset(
+        args.src, args.dst, options, workers=args.workers, strict=args.strict, quiet=args.quiet,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    rate = f", {result['converted'] / result['seconds']:.0f} images/s" if result["seconds"] > 0 else ""
+    splits = ", ".join(f"{name} {s['images']}" for name, s in result["splits"].items())
+    print(
+        f"{args.dst}: {result['images']} images ({splits}), {result['encoding']} {result['mode']} {result['size']}, "
+        f"{result['bytes'] / 1e6:.1f} MB ({result['bytes'] / max(result['images'], 1) / 1e3:.1f} kB per image); "
+        f"converted {result['converted']} in {result['seconds']:.1f} s{rate}"
+    )
+    if result["skipped"]:
+        print(f"skipped {result['skipped']} unreadable files, listed in {Path(args.dst) / result['report']}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 # Each command module adds its parser here; order is the order of `alexnet --help`.
 _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -376,6 +436,7 @@ _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_predict,
     _add_benchmark,
     _add_export,
+    _add_prepare,
 ]
 
 

@@ -401,9 +401,10 @@ def make_loader(
     seed: int = 0,
     generator: torch.Generator | None = None,
     pin_memory: bool | None = None,
+    collate_fn: Callable[[Sequence[Any]], Any] = collate,
 ) -> DataLoader:
-    """A DataLoader of :class:`Batch` es, shuffled by a seeded generator (``generator`` if given, else one
-    seeded with ``seed``).
+    """A DataLoader of :class:`Batch` es (or of what ``collate_fn`` makes), shuffled by a seeded generator
+    (``generator`` if given, else one seeded with ``seed``).
 
     Each worker is seeded by PyTorch from the generator (torch, random and numpy), so a run is
     reproducible for a fixed ``workers``. Workers restart every epoch: a restarted iterator draws its
@@ -416,7 +417,7 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         generator=generator if generator is not None else torch.Generator().manual_seed(seed),
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
     )

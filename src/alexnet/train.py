@@ -8,6 +8,7 @@ decision to the :class:`~alexnet.schedule.Schedule`.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import data
+from . import data, prepared
 from .card import ModelCard
 from .checkpoint import capture_rng, load_training_state, model_state, read_checkpoint, read_metadata, restore_rng
 from .device import resolve_device, resolve_precision, sgd_kwargs, tune_cpu_allocator
@@ -39,8 +40,8 @@ RunResult = dict[str, Any]
 
 @dataclass
 class TrainData:
-    train: DataLoader
-    val: DataLoader | None
+    train: DataLoader | prepared.DeviceDecodeLoader
+    val: DataLoader | prepared.DeviceDecodeLoader | None
     card: ModelCard  # the model's data contract: classes, sizes, mean/std
     augment: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> augmented, normalised float batch
     generator: torch.Generator  # the training loader's shuffling state (part of exact resume)
@@ -55,10 +56,12 @@ def seed_everything(seed: int) -> None:
 
 
 def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, device: torch.device) -> TrainData:
-    """Datasets and loaders of ``data_root``; the model card; the batch augmentation on ``device``.
+    """Datasets and loaders of ``data_root`` (an image folder or a prepared dataset); the model card; the
+    batch augmentation on ``device``.
 
-    Workers decode and down-sample to resize x resize uint8 (section 2); the random crops, flips, PCA
-    lighting and normalisation run on whole batches on the device.
+    Workers decode and down-sample to resize x resize uint8 (section 2), or read a prepared dataset's
+    stored images; the random crops, flips, PCA lighting and normalisation run on whole batches on the
+    device.
     """
     spec = get_spec(cfg.model)
     resize, crop = cfg.resize_size or spec.card.resize_size, cfg.input_size or spec.card.input_size
@@ -67,11 +70,18 @@ def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, device: to
     if crop < min_input_size(spec):
         raise UserError(f"{cfg.model} needs inputs of at least {min_input_size(spec)} pixels, not --input-size {crop}")
     card = spec.card.trained(cfg.model, [], crop, resize)
-    decode = data.decode_transform(card.resize_size)
-    train_ds, val_ds, classes = data.make_datasets(
-        data_root, val_split=cfg.val_split or None, seed=cfg.seed, strict=cfg.strict,
-        train_transform=decode, eval_transform=decode,
-    )  # fmt: skip
+    if prepared.is_prepared(data_root):  # read from its manifest: no scan of the images
+        train_ds, val_ds, classes = prepared.make_datasets(
+            data_root, resize=card.resize_size, val_split=cfg.val_split or None, seed=cfg.seed
+        )
+        make_loader = functools.partial(prepared.make_loader, device=device)
+    else:
+        decode = data.decode_transform(card.resize_size)
+        train_ds, val_ds, classes = data.make_datasets(
+            data_root, val_split=cfg.val_split or None, seed=cfg.seed, strict=cfg.strict,
+            train_transform=decode, eval_transform=decode,
+        )  # fmt: skip
+        make_loader = data.make_loader
     if len(classes) < 2:
         raise UserError(
             f"{data_root} has a single class folder ({classes[0]}): a classifier needs at least two classes "
@@ -79,10 +89,10 @@ def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, device: to
         )
     card = card.trained(cfg.model, classes)
     generator = torch.Generator().manual_seed(cfg.seed)
-    train = data.make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, generator=generator)
+    train = make_loader(train_ds, cfg.batch_size, shuffle=True, workers=cfg.workers, generator=generator)
     val = None
     if val_ds is not None:
-        val = data.make_loader(val_ds, max(cfg.batch_size, 64), shuffle=False, workers=cfg.workers, seed=cfg.seed)
+        val = make_loader(val_ds, max(cfg.batch_size, 64), shuffle=False, workers=cfg.workers, seed=cfg.seed)
 
     pca = None
     if cfg.pca_std > 0:
