@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.io import encode_jpeg
+from torchcodec.encoders import JpegEncoder
 from torchvision.transforms.v2 import functional as TF
 
 from . import prepared
@@ -176,7 +176,7 @@ def _encode(image: Any, options: PrepareOptions) -> tuple[np.ndarray, int, int]:
     x = prepared.downsample(TF.pil_to_tensor(image), options.size, options.mode)
     h, w = x.shape[-2:]
     if options.encoding == "jpeg":
-        return encode_jpeg(x.contiguous(), quality=options.quality).numpy(), h, w
+        return JpegEncoder(x.contiguous()).to_tensor(quality=options.quality).numpy(), h, w
     return x.contiguous().numpy().reshape(-1), h, w
 
 

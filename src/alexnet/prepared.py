@@ -10,8 +10,8 @@ Layout of a prepared dataset ``DST``::
 A shard is one file: a 32-byte header (magic, version, image count, data offset), an index of
 :data:`INDEX_DTYPE` records (offset, byte count, height, width, label of each image), then the image data,
 page-aligned. ``raw`` shards hold uint8 pixels in (3, H, W) order (read by slicing a memory map: no decoding);
-``jpeg`` shards hold JPEG files re-encoded from the resized images (about a tenth of the bytes, decoded with
-libjpeg-turbo, or on a CUDA device with nvJPEG).
+``jpeg`` shards hold JPEG files re-encoded from the resized images (about a tenth of the bytes, decoded by
+TorchCodec with libjpeg-turbo, or on a CUDA device with nvJPEG).
 
 Opening a split checks every shard it names against the manifest (present, the recorded size, its header and
 index consistent): a missing or truncated shard, or a manifest of an unknown version, is a
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import decode_jpeg
+from torchcodec.decoders import decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from .data import stratified_split
