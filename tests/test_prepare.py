@@ -259,3 +259,20 @@ def test_a_prepare_killed_half_way_finishes_on_the_next_run_with_the_uninterrupt
     prepare_dataset(src, tmp_path / "straight", PrepareOptions(size=20, shard_images=4), workers=0, quiet=True)
     done = _files(dst)
     assert done == _files(tmp_path / "straight") and not any(".tmp" in name for name in done)
+
+
+def test_a_resumed_prepare_redoes_the_shards_whose_sources_changed_since(source, tmp_path):
+    src, expected = source
+    broken = expected["train"][6][0]  # in the second shard: a --strict run stops there, keeping the first
+    saved = broken.read_bytes()
+    broken.write_bytes(b"broken")
+    options = PrepareOptions(size=20, shard_images=4)
+    with pytest.raises(UserError, match="unreadable image"):
+        prepare_dataset(src, tmp_path / "dst", options, workers=0, strict=True, quiet=True)
+    assert (tmp_path / "dst" / "train" / "00000.shard").exists()
+    broken.write_bytes(saved)
+    edited = expected["train"][0][0]  # a source of the shard already written
+    Image.fromarray(_smooth(44, 21)).save(edited)
+    prepare_dataset(src, tmp_path / "dst", options, workers=0, quiet=True)
+    prepare_dataset(src, tmp_path / "straight", options, workers=0, quiet=True)
+    assert _files(tmp_path / "dst") == _files(tmp_path / "straight")
