@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -274,5 +275,38 @@ def test_a_resumed_prepare_redoes_the_shards_whose_sources_changed_since(source,
     edited = expected["train"][0][0]  # a source of the shard already written
     Image.fromarray(_smooth(44, 21)).save(edited)
     prepare_dataset(src, tmp_path / "dst", options, workers=0, quiet=True)
+    prepare_dataset(src, tmp_path / "straight", options, workers=0, quiet=True)
+    assert _files(tmp_path / "dst") == _files(tmp_path / "straight")
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_no_half_shard(source, tmp_path, monkeypatch):
+    src, _ = source
+
+    def full(self, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepared.ShardWriter, "add", full)
+    with pytest.raises(UserError, match=r"cannot write .*00000\.shard: No space left on device"):
+        prepare_dataset(src, tmp_path / "dst", workers=0, quiet=True)
+    assert not [p for p in (tmp_path / "dst").rglob("*") if p.is_file()]
+
+
+def test_a_converting_process_that_dies_is_one_clear_error_and_the_next_run_finishes(source, tmp_path, monkeypatch):
+    src, _ = source
+    from alexnet import prepare
+
+    convert = prepare._convert
+
+    def dies_on_the_second_shard(task, *args):
+        if task.split == "train" and task.number == 1:
+            os._exit(1)  # as if killed by the OS
+        return convert(task, *args)
+
+    monkeypatch.setattr(prepare, "_convert", dies_on_the_second_shard)
+    options = PrepareOptions(size=16, shard_images=4)
+    with pytest.raises(UserError, match="a converting process died"):
+        prepare_dataset(src, tmp_path / "dst", options, workers=2, quiet=True)
+    monkeypatch.setattr(prepare, "_convert", convert)
+    prepare_dataset(src, tmp_path / "dst", options, workers=2, quiet=True)
     prepare_dataset(src, tmp_path / "straight", options, workers=0, quiet=True)
     assert _files(tmp_path / "dst") == _files(tmp_path / "straight")

@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,9 +187,21 @@ def convert_shard(
     """Decode, down-sample and store ``task``'s files; rename the shard into place and journal it.
 
     Unreadable files are left out and listed in the result (under ``strict`` the shard is abandoned and
-    the result carries the error instead).
+    the result carries the error instead). A failed write (a full disk) is a :class:`UserError` naming the
+    shard; nothing is left under its name.
     """
-    tell = tell or (lambda n: _progress.put(n) if _progress is not None else None)
+    try:
+        return _convert(task, options, strict, tell or _tell_queue)
+    except OSError as e:
+        raise UserError(f"cannot write {task.path}: {e.strerror or e}") from e
+
+
+def _tell_queue(n: int) -> None:
+    if _progress is not None:
+        _progress.put(n)
+
+
+def _convert(task: ShardTask, options: PrepareOptions, strict: bool, tell: Callable[[int], None]) -> ShardResult:
     result = ShardResult(task.split, task.number)
     task.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = task.path.with_name(f".{task.path.name}.{os.getpid()}{TEMP_SUFFIX}")
@@ -269,7 +282,13 @@ def _run(
                 while not queue.empty():
                     advance(queue.get())
                 for f in finished:
-                    yield f.result()
+                    try:
+                        yield f.result()
+                    except BrokenProcessPool:
+                        raise UserError(
+                            "a converting process died (killed, or out of memory); the shards written so far are "
+                            "kept: run the same command again (with fewer --workers if memory is short)"
+                        ) from None
         finally:
             for f in pending:
                 f.cancel()
