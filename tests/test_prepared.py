@@ -24,7 +24,7 @@ from alexnet.prepare import PrepareOptions, prepare_dataset
 from alexnet.prepared import DeviceDecodeLoader, EncodedItems, PreparedDataset, PreparedWarning, collate_encoded
 from alexnet.recipes import resolve_config
 from alexnet.registry import create_model, get_spec
-from alexnet.train import fit
+from alexnet.train import fit, load_data
 from conftest import write_images
 
 
@@ -64,6 +64,16 @@ def test_a_truncated_or_missing_shard_is_a_clear_error_naming_it(numbered):
     with pytest.raises(UserError, match=rf"missing shard {shard}"):
         PreparedDataset(numbered, prepared.ALL)
     assert main(["train", str(numbered), "--recipe", "small", "--epochs", "1", "-q"]) == 2
+
+
+def test_a_split_folder_given_for_the_dataset_names_the_folder_to_pass(numbered, tmp_path):
+    cfg = resolve_config("small", None, {"workers": 0, "device": "cpu"})
+    with pytest.raises(UserError, match=rf"is a split of the prepared dataset {numbered}: pass {numbered}"):
+        load_data(numbered / prepared.ALL, tmp_path, cfg, torch.device("cpu"))
+    card = get_spec("alexnet_small").card.trained("alexnet_small", ["c0", "c1", "c2"])
+    clf = Classifier.from_module(create_model("alexnet_small", 3), card, "untrained", torch.device("cpu"))
+    with pytest.raises(UserError, match="is a split of the prepared dataset"):
+        evaluate_folder(clf, numbered / prepared.ALL)
 
 
 def test_a_shard_with_a_wrong_header_or_a_lying_index_is_refused(numbered):

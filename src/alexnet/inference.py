@@ -216,6 +216,7 @@ def evaluate_folder(
         folder = resolve_dataset(root) / split
         ds = prepared.PreparedDataset(folder.parent, split, resize=clf.card.resize_size)
     else:
+        prepared.refuse_split_folder(resolve_dataset(root))
         folder = eval_folder(root)
         ds = data.ImageFolderDataset(folder, data.decode_transform(clf.card.resize_size), strict=strict)
     known = clf.card.classes

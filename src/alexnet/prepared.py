@@ -51,6 +51,7 @@ __all__ = [
     "MODES",
     "INDEX_DTYPE",
     "is_prepared",
+    "refuse_split_folder",
     "read_manifest",
     "downsample",
     "to_square",
@@ -93,6 +94,13 @@ def is_prepared(root: str | os.PathLike) -> bool:
     """Whether ``root`` is a prepared dataset, finished (a manifest) or not (the job's records)."""
     root = Path(root)
     return (root / MANIFEST).is_file() or (root / JOURNAL).is_dir()
+
+
+def refuse_split_folder(root: str | os.PathLike) -> None:
+    """A split folder of a prepared dataset is no image folder: say which folder to pass instead."""
+    root = Path(root)
+    if is_prepared(root.parent) and root.is_dir() and any(root.glob("*.shard")):
+        raise UserError(f"{root} is a split of the prepared dataset {root.parent}: pass {root.parent} instead")
 
 
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:

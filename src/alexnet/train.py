@@ -76,6 +76,7 @@ def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, device: to
         )
         make_loader = functools.partial(prepared.make_loader, device=device)
     else:
+        prepared.refuse_split_folder(data_root)
         decode = data.decode_transform(card.resize_size)
         train_ds, val_ds, classes = data.make_datasets(
             data_root, val_split=cfg.val_split or None, seed=cfg.seed, strict=cfg.strict,
