@@ -83,7 +83,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "with --val-split. Every recipe field can be set by a flag or a YAML/TOML --config file; "
         "flags win over the file, the file over the recipe.",
     )
-    p.add_argument("data", nargs="?", metavar="DATA", help="image folder (optional with --dataset or --resume)")
+    p.add_argument(
+        "data", nargs="?", metavar="DATA",
+        help="image folder, or a prepared dataset (alexnet prepare) (optional with --dataset or --resume)",
+    )  # fmt: skip
     from .datasets import DATASETS
 
     p.add_argument("--dataset", choices=list(DATASETS), help="a bundled dataset instead of DATA")
@@ -167,7 +170,10 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a folder (centre crop or the paper's 10-crop)")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, run folder, or exported .onnx file")
-    p.add_argument("data", metavar="DATA", help="image folder (its test/ or val/ part if present), or 'digits'")
+    p.add_argument(
+        "data", metavar="DATA",
+        help="image folder (its test/ or val/ part if present), prepared dataset (its test or val split), or 'digits'",
+    )  # fmt: skip
     p.add_argument("--ten-crop", action="store_true", help="also the 10-crop test: corners, centre and mirrors")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     p.add_argument("--output", metavar="DIR", help="where the CSVs go (default: RUN_DIR/eval/<data folder>)")
