@@ -305,11 +305,6 @@ class PreparedDataset(Dataset):
         labels = self._label if self.target_map is None else self.target_map[self._label]
         return labels.tolist()
 
-    @property
-    def stored_bytes(self) -> int:
-        """Bytes of the split's shard files."""
-        return sum(p.stat().st_size for p in self.shard_files)
-
     def subset(self, indices: Sequence[int]) -> PreparedDataset:
         """The same split restricted to ``indices`` (in that order); shares the shard files."""
         idx = np.asarray(indices, dtype=np.int64)
