@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --readme README.md
+	$(BIN)/python benchmarks/data_pipeline.py --readme README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -83,7 +83,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "with --val-split. Every recipe field can be set by a flag or a YAML/TOML --config file; "
         "flags win over the file, the file over the recipe.",
     )
-    p.add_argument("data", nargs="?", metavar="DATA", help="image folder (optional with --dataset or --resume)")
+    p.add_argument(
+        "data", nargs="?", metavar="DATA",
+        help="image folder, or a prepared dataset (alexnet prepare) (optional with --dataset or --resume)",
+    )  # fmt: skip
     from .datasets import DATASETS
 
     p.add_argument("--dataset", choices=list(DATASETS), help="a bundled dataset instead of DATA")
@@ -167,7 +170,10 @@ def _precision_arg(p: argparse.ArgumentParser) -> None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 of a checkpoint on a folder (centre crop or the paper's 10-crop)")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint file, run folder, or exported .onnx file")
-    p.add_argument("data", metavar="DATA", help="image folder (its test/ or val/ part if present), or 'digits'")
+    p.add_argument(
+        "data", metavar="DATA",
+        help="image folder (its test/ or val/ part if present), prepared dataset (its test or val split), or 'digits'",
+    )  # fmt: skip
     p.add_argument("--ten-crop", action="store_true", help="also the 10-crop test: corners, centre and mirrors")
     p.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     p.add_argument("--output", metavar="DIR", help="where the CSVs go (default: RUN_DIR/eval/<data folder>)")
@@ -581,6 +587,65 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {clf.card.model} ({clf.card.num_classes} classes, {mode}) on http://{host}:{args.port}/ "
           "(API: POST /predict, GET /model, GET /health); Ctrl-C stops", flush=True)  # fmt: skip
     run_server(app, args.host, args.port)
+
+
+# ----------------------------------------------------------------------------------------- prepare
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    from .prepare import DEFAULT_ENCODING
+    from .prepared import ENCODINGS, MODES
+
+    p = sub.add_parser(
+        "prepare",
+        help="down-sample an image folder once into a prepared dataset (memory-mapped shards) for fast training",
+        description="Convert SRC/<class>/* (or SRC/train, SRC/val, SRC/test) into DST: every image decoded once, "
+        "its shorter side resized to --size (or centre-cropped to a square), stored in shards with its label. "
+        "Unreadable files are skipped and listed in DST/skipped.tsv. Killed half way, the same command "
+        "finishes the rest. `alexnet train DST` and `alexnet evaluate CKPT DST` read the result.",
+    )
+    p.add_argument("src", metavar="SRC", help="image folder (or 'digits', 'photos')")
+    p.add_argument("dst", metavar="DST", help="the prepared dataset's folder (new, empty, or an unfinished one)")
+    p.add_argument(
+        "--size", type=_at_least(1, 65535), default=256, help="shorter side in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--mode", choices=MODES, default="shorter-side",
+        help="keep the aspect ratio, or keep only the central size x size square as the paper did "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", choices=ENCODINGS, default=DEFAULT_ENCODING,
+        help="raw: uint8 pixels, no decoding when training (fastest, largest); jpeg: re-encoded JPEG, about a "
+        "tenth of the bytes, decoded when loaded (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--quality", type=_at_least(1, 100), default=90, help="JPEG quality (default: %(default)s)")
+    p.add_argument(
+        "--shard-images", type=_at_least(1), default=1024, help="images per shard file (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workers", type=_at_least(0), default=None, help="converting processes (default: one per core; 0: none)"
+    )
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not skipped")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import PrepareOptions, prepare_dataset
+
+    options = PrepareOptions(args.size, args.mode, args.format, args.quality, args.shard_images)
+    result = prepare_dataset(
+        args.src, args.dst, options, workers=args.workers, strict=args.strict, quiet=args.quiet,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    rate = f", {result['converted'] / result['seconds']:.0f} images/s" if result["seconds"] > 0 else ""
+    splits = ", ".join(f"{name} {s['images']}" for name, s in result["splits"].items())
+    print(
+        f"{args.dst}: {result['images']} images ({splits}), {result['encoding']} {result['mode']} {result['size']}, "
+        f"{result['bytes'] / 1e6:.1f} MB ({result['bytes'] / max(result['images'], 1) / 1e3:.1f} kB per image); "
+        f"converted {result['converted']} in {result['seconds']:.1f} s{rate}"
+    )
+    if result["skipped"]:
+        print(f"skipped {result['skipped']} unreadable files, listed in {Path(args.dst) / result['report']}")
     return 0
 
 
@@ -595,6 +660,7 @@ _PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export,
     _add_visualize,
     _add_serve,
+    _add_prepare,
 ]
 
 

@@ -401,9 +401,11 @@ def make_loader(
     sampler: Sampler | None = None,
     seed: int = 0,
     pin_memory: bool | None = None,
+    collate_fn: Callable[[Sequence[Any]], Any] = collate,
 ) -> DataLoader:
-    """A DataLoader of :class:`Batch` es: in ``sampler``'s order if given (training uses a seeded shard of
-    each epoch), else shuffled by a generator seeded with ``seed``, or in order.
+    """A DataLoader of :class:`Batch` es (or of what ``collate_fn`` makes): in ``sampler``'s order if given
+    (training uses a seeded shard of each epoch), else shuffled by a generator seeded with ``seed``, or in
+    order.
 
     Memory is pinned only when CUDA is available (``pin_memory`` overrides).
     """
@@ -413,7 +415,7 @@ def make_loader(
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(seed) if sampler is None else None,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
     )

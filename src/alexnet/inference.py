@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from . import data
+from . import data, prepared
 from .card import ModelCard
 from .checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
 from .datasets import resolve_dataset
@@ -202,14 +203,22 @@ def evaluate_folder(
     heldout: int = 256,
     on_step: Callable | None = None,
 ) -> dict[str, Any]:
-    """Top-1/top-5 (and their errors), per-class accuracy and the confusion matrix of ``clf`` on a folder.
+    """Top-1/top-5 (and their errors), per-class accuracy and the confusion matrix of ``clf`` on a folder
+    (or a prepared dataset: see :mod:`alexnet.prepared`).
 
     The folder's class names must be among the classifier's; its targets are mapped by name. With
     ``precision="auto"`` a reduced-precision mode is used only if it agrees with fp32 on the top-1 of
     the first ``heldout`` images.
     """
-    folder = eval_folder(root)
-    ds = data.ImageFolderDataset(folder, data.decode_transform(clf.card.resize_size), strict=strict)
+    ds: data.ImageFolderDataset | prepared.PreparedDataset
+    if prepared.is_prepared(resolve_dataset(root)):  # its test, val or only split, read from the shards
+        split = prepared.eval_split(resolve_dataset(root))
+        folder = resolve_dataset(root) / split
+        ds = prepared.PreparedDataset(folder.parent, split, resize=clf.card.resize_size)
+    else:
+        prepared.refuse_split_folder(resolve_dataset(root))
+        folder = eval_folder(root)
+        ds = data.ImageFolderDataset(folder, data.decode_transform(clf.card.resize_size), strict=strict)
     known = clf.card.classes
     unknown = [c for c in ds.classes if c not in known]
     if unknown:
@@ -219,7 +228,10 @@ def evaluate_folder(
             f"{' ...' if len(known) > 10 else ''})"
         )
     index = {c: i for i, c in enumerate(known)}
-    ds.samples = [(p, index[ds.classes[t]]) for p, t in ds.samples]
+    if isinstance(ds, prepared.PreparedDataset):
+        ds.target_map = np.array([index[c] for c in ds.classes], dtype=np.int64)
+    else:
+        ds.samples = [(p, index[ds.classes[t]]) for p, t in ds.samples]
     loader = data.make_loader(ds, batch_size, shuffle=False, workers=workers, seed=0)
     if clf.module is not None:
         sample = [ds[i] for i in range(min(heldout, len(ds)))]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import data, distributed
+from . import data, distributed, prepared
 from .card import ModelCard
 from .checkpoint import load_training_state, model_state, read_checkpoint, read_metadata
 from .columns import to_columns, to_grouped
@@ -44,8 +44,8 @@ RunResult = dict[str, Any]
 
 @dataclass
 class TrainData:
-    train: DataLoader
-    val: DataLoader | None
+    train: DataLoader | prepared.DeviceDecodeLoader
+    val: DataLoader | prepared.DeviceDecodeLoader | None
     card: ModelCard  # the model's data contract: classes, sizes, mean/std
     augment: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> augmented, normalised float batch
     skipped: int  # files found unreadable when the folders were scanned
@@ -70,22 +70,30 @@ def model_card(cfg: TrainConfig, classes: list[str]) -> ModelCard:
 
 
 def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, ctx: Context) -> TrainData:
-    """Datasets and loaders of ``data_root`` (this process's share of them); the model card; the batch
-    augmentation on the training device.
+    """Datasets and loaders of ``data_root`` (an image folder or a prepared dataset: this process's share
+    of them); the model card; the batch augmentation on the training device.
 
-    Workers decode and down-sample to resize x resize uint8 (section 2); the random crops, flips, PCA
-    lighting and normalisation run on whole batches on the device. The folders are scanned, and the PCA
-    computed, once (by rank 0) and shared.
+    Workers decode and down-sample to resize x resize uint8 (section 2), or read a prepared dataset's
+    stored images; the random crops, flips, PCA lighting and normalisation run on whole batches on the
+    device. A folder is scanned, and the PCA computed, once (by rank 0) and shared.
     """
     card = model_card(cfg, [])
-    decode = data.decode_transform(card.resize_size)
-    scanned = None
-    if ctx.is_main:
-        scanned = data.make_datasets(
-            data_root, val_split=cfg.val_split or None, seed=cfg.seed, strict=cfg.strict,
-            train_transform=decode, eval_transform=decode,
-        )  # fmt: skip
-    train_ds, val_ds, classes = ctx.broadcast(scanned)
+    if prepared.is_prepared(data_root):  # read from its manifest by every process: no scan of the images
+        train_ds, val_ds, classes = prepared.make_datasets(
+            data_root, resize=card.resize_size, val_split=cfg.val_split or None, seed=cfg.seed
+        )
+        make_loader = functools.partial(prepared.make_loader, device=ctx.device)
+    else:
+        prepared.refuse_split_folder(data_root)
+        decode = data.decode_transform(card.resize_size)
+        scanned = None
+        if ctx.is_main:
+            scanned = data.make_datasets(
+                data_root, val_split=cfg.val_split or None, seed=cfg.seed, strict=cfg.strict,
+                train_transform=decode, eval_transform=decode,
+            )  # fmt: skip
+        train_ds, val_ds, classes = ctx.broadcast(scanned)
+        make_loader = data.make_loader
     if len(classes) < 2:
         raise UserError(
             f"{data_root} has a single class folder ({classes[0]}): a classifier needs at least two classes "
@@ -94,10 +102,10 @@ def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, ctx: Conte
     card = model_card(cfg, classes)
     batch = cfg.batch_size // ctx.world
     shard = functools.partial(ShardSampler, rank=ctx.rank, world=ctx.world, seed=cfg.seed)
-    train = data.make_loader(train_ds, batch, sampler=shard(len(train_ds)), workers=cfg.workers)
+    train = make_loader(train_ds, batch, sampler=shard(len(train_ds)), workers=cfg.workers)
     val = None
     if val_ds is not None:
-        val = data.make_loader(val_ds, max(batch, 64), sampler=shard(len(val_ds), shuffle=False), workers=cfg.workers)
+        val = make_loader(val_ds, max(batch, 64), sampler=shard(len(val_ds), shuffle=False), workers=cfg.workers)
 
     pca = None
     if cfg.pca_std > 0:

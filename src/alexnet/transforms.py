@@ -106,10 +106,19 @@ def batch_augment(
 
     top = torch.randint(0, h - crop + 1, (n,), generator=generator, device=draw_on).to(device)
     left = torch.randint(0, w - crop + 1, (n,), generator=generator, device=draw_on).to(device)
+    mirrored = (torch.rand(n, generator=generator, device=draw_on) < 0.5).to(device) if flip else None
+    rgb = None
+    if pca is not None and pca_std > 0:
+        eigval, eigvec = (t.to(device) for t in _as_pca(*pca))
+        alpha = (torch.randn(n, 3, generator=generator, device=draw_on) * pca_std).to(device)
+        rgb = (alpha * eigval) @ eigvec.T  # row i: eigvec @ (alpha_i * eigval)
+    mean, std = _channel_vector(mean, images), _channel_vector(std, images)
+    if device.type == "cpu":
+        return _augment_each(images, crop, top, left, mirrored, rgb, mean, std)
+
     steps = torch.arange(crop, device=device)
     rows = top[:, None] + steps  # (N, crop)
-    if flip:
-        mirrored = (torch.rand(n, generator=generator, device=draw_on) < 0.5).to(device)
+    if mirrored is not None:
         # A mirrored crop reads its columns right to left: the flip costs nothing extra.
         cols = left[:, None] + torch.where(mirrored[:, None], crop - 1 - steps, steps)
     else:
@@ -119,9 +128,36 @@ def batch_augment(
     x = x.gather(3, cols[:, None, None, :].expand(n, c, crop, crop))
 
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-    if pca is not None and pca_std > 0:
-        eigval, eigvec = (t.to(device) for t in _as_pca(*pca))
-        alpha = (torch.randn(n, 3, generator=generator, device=draw_on) * pca_std).to(device)
-        rgb = (alpha * eigval) @ eigvec.T  # row i: eigvec @ (alpha_i * eigval)
+    if rgb is not None:
         x.add_(rgb[:, :, None, None])
-    return x.sub_(_channel_vector(mean, x)).div_(_channel_vector(std, x))
+    return x.sub_(mean).div_(std)
+
+
+def _augment_each(
+    images: Tensor,
+    crop: int,
+    top: Tensor,
+    left: Tensor,
+    mirrored: Tensor | None,
+    rgb: Tensor | None,
+    mean: Tensor,
+    std: Tensor,
+) -> Tensor:
+    """:func:`batch_augment` on the CPU, sample by sample: a crop is a view, and each sample's arithmetic
+    runs while it is in cache; the same operations in the same order, so the same values as the gathers
+    (which read an int64 index per pixel, twice as slow on a CPU; on a GPU one kernel beats N small ones)."""
+    n = images.shape[0]
+    out = torch.empty(n, 3, crop, crop, dtype=torch.float32)
+    scale = images.dtype == torch.uint8
+    flips = mirrored.tolist() if mirrored is not None else [False] * n
+    mean, std = mean.view(3, 1, 1), std.view(3, 1, 1)
+    for i, (t, left_i, mirror) in enumerate(zip(top.tolist(), left.tolist(), flips, strict=True)):
+        view = images[i, :, t : t + crop, left_i : left_i + crop]
+        x = out[i]
+        x.copy_(view.flip(-1) if mirror else view)
+        if scale:
+            x.div_(255)
+        if rgb is not None:
+            x.add_(rgb[i].view(3, 1, 1))
+        x.sub_(mean).div_(std)
+    return out

@@ -1,0 +1,251 @@
+"""The prepared format: validation on opening, sharding across workers and ranks, reading at another size,
+decoding on the device, PCA, and training and evaluation on a prepared dataset."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.transforms.v2 import functional as TF
+
+from alexnet import prepared
+from alexnet.checkpoint import read_checkpoint
+from alexnet.cli import main
+from alexnet.data import collate, compute_pca, make_datasets
+from alexnet.distributed import Context
+from alexnet.errors import UserError
+from alexnet.inference import Classifier, evaluate_folder, load_classifier
+from alexnet.prepare import PrepareOptions, prepare_dataset
+from alexnet.prepared import DeviceDecodeLoader, EncodedItems, PreparedDataset, PreparedWarning, collate_encoded
+from alexnet.recipes import resolve_config
+from alexnet.registry import create_model, get_spec
+from alexnet.train import fit, load_data
+from conftest import write_images
+
+
+def _numbered(root: Path, n: int, classes: int = 3) -> Path:
+    """``n`` flat-colour images of varied shapes; image ``i`` has red ``i % 256`` and green ``i // 256``,
+    so a loaded image tells which source it came from (a flat image stays flat when resized)."""
+    for i in range(n):
+        folder = root / f"c{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = (9, 14) if i % 2 else (17, 11)
+        Image.fromarray(np.full((h, w, 3), (i % 256, i // 256, 99), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    return root
+
+
+def _ids(images: torch.Tensor) -> list[int]:
+    return (images[:, 0, 0, 0].long() + 256 * images[:, 1, 0, 0].long()).tolist()
+
+
+@pytest.fixture
+def numbered(tmp_path: Path) -> Path:
+    """36 images in 3 classes, prepared raw at 8 px in shards of 5 (the last one short)."""
+    dst = tmp_path / "numbered"
+    prepare_dataset(_numbered(tmp_path / "src", 36), dst, PrepareOptions(size=8, shard_images=5), workers=0, quiet=True)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------
+# Opening checks the dataset
+# --------------------------------------------------------------------------------------------
+def test_a_truncated_or_missing_shard_is_a_clear_error_naming_it(numbered):
+    shard = numbered / prepared.ALL / "00003.shard"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-100])
+    with pytest.raises(UserError, match=rf"truncated shard {shard}: {len(data) - 100} bytes, the manifest says"):
+        PreparedDataset(numbered, prepared.ALL)
+    shard.unlink()
+    with pytest.raises(UserError, match=rf"missing shard {shard}"):
+        PreparedDataset(numbered, prepared.ALL)
+    assert main(["train", str(numbered), "--recipe", "small", "--epochs", "1", "-q"]) == 2
+
+
+def test_a_split_folder_given_for_the_dataset_names_the_folder_to_pass(numbered, tmp_path):
+    cfg = resolve_config("small", None, {"workers": 0, "device": "cpu"})
+    with pytest.raises(UserError, match=rf"is a split of the prepared dataset {numbered}: pass {numbered}"):
+        load_data(numbered / prepared.ALL, tmp_path, cfg, Context())
+    card = get_spec("alexnet_small").card.trained("alexnet_small", ["c0", "c1", "c2"])
+    clf = Classifier.from_module(create_model("alexnet_small", 3), card, "untrained", torch.device("cpu"))
+    with pytest.raises(UserError, match="is a split of the prepared dataset"):
+        evaluate_folder(clf, numbered / prepared.ALL)
+
+
+def test_a_shard_with_a_wrong_header_or_a_lying_index_is_refused(numbered):
+    shard = numbered / prepared.ALL / "00000.shard"
+    data = bytearray(shard.read_bytes())
+    shard.write_bytes(b"NOTSHARD" + data[8:])
+    with pytest.raises(UserError, match=rf"{shard} is not a shard"):
+        PreparedDataset(numbered, prepared.ALL)
+    index_start = prepared.HEADER_BYTES
+    lying = bytearray(data)
+    lying[index_start : index_start + 8] = (10**9).to_bytes(8, "little")  # image 0 starts past the end
+    shard.write_bytes(bytes(lying))
+    with pytest.raises(UserError, match=rf"shard {shard} is damaged"):
+        PreparedDataset(numbered, prepared.ALL)
+
+
+def test_an_unknown_version_or_a_foreign_manifest_is_refused(numbered):
+    path = numbered / prepared.MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "version": 99}))
+    with pytest.raises(UserError, match="format version 99; this alexnet reads version 1"):
+        PreparedDataset(numbered, prepared.ALL)
+    path.write_text(json.dumps({"something": "else"}))
+    with pytest.raises(UserError, match="not a prepared-dataset manifest"):
+        PreparedDataset(numbered, prepared.ALL)
+    path.write_text("{ half")
+    with pytest.raises(UserError, match=f"cannot read {path}"):
+        PreparedDataset(numbered, prepared.ALL)
+
+
+def test_verify_finds_a_changed_byte_that_opening_does_not_read(numbered):
+    prepared.verify(numbered)
+    shard = numbered / prepared.ALL / "00001.shard"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    PreparedDataset(numbered, prepared.ALL)  # sizes, header and index are intact
+    with pytest.raises(UserError, match=rf"shard {shard} is damaged: its data do not match"):
+        prepared.verify(numbered)
+
+
+# --------------------------------------------------------------------------------------------
+# Sharding across loader workers and data-parallel ranks
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_workers_times_ranks_read_every_sample_exactly_once(numbered, workers):
+    ds = PreparedDataset(numbered, prepared.ALL)
+    ds[0]  # maps opened here must not be the ones the forked workers read through
+    for world in (1, 2, 3):
+        seen = []
+        for rank in range(world):
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=7)
+            sampler.set_epoch(1)
+            loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers, collate_fn=collate)
+            rank_ids = [i for batch in loader for i in _ids(batch.images)]
+            assert len(rank_ids) == 36 // world
+            seen += rank_ids
+        assert sorted(seen) == list(range(36)), world
+    # and each item is its own source: class c{i % 3}, read back in the sorted order of the files
+    order = sorted(range(36), key=lambda i: (i % 3, i))
+    assert [_ids(ds[k][0][None])[0] for k in range(36)] == order
+    assert ds.targets == [i % 3 for i in order]
+
+
+# --------------------------------------------------------------------------------------------
+# What the loader yields
+# --------------------------------------------------------------------------------------------
+def test_a_split_read_at_another_size_is_resized_with_one_warning(tmp_path):
+    src = tmp_path / "src"
+    write_images(src, 2, size=40)
+    prepare_dataset(src, tmp_path / "dst", PrepareOptions(size=24), workers=0, quiet=True)
+    with pytest.warns(PreparedWarning, match="prepared at 24 px and is read at 12 px.*--size 12"):
+        ds = PreparedDataset(tmp_path / "dst", prepared.ALL, resize=12)
+    stored = ds.image(0)
+    expected = TF.center_crop(TF.resize(stored, 12, antialias=True), [12, 12])
+    assert torch.equal(ds[0][0], expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PreparedDataset(tmp_path / "dst", prepared.ALL, resize=24)  # the stored size: no warning
+
+
+def test_decoding_jpeg_batches_on_the_device_gives_the_images_the_workers_decode(tmp_path):
+    src = tmp_path / "src"
+    write_images(src, 5, size=40)
+    prepare_dataset(src, tmp_path / "dst", PrepareOptions(size=32, encoding="jpeg"), workers=0, quiet=True)
+    ds = PreparedDataset(tmp_path / "dst", prepared.ALL, resize=28)
+    plain = DataLoader(ds, batch_size=4, collate_fn=collate)
+    encoded = DataLoader(EncodedItems(ds), batch_size=4, collate_fn=collate_encoded)
+    on_device = DeviceDecodeLoader(encoded, torch.device("cpu"), 28)
+    assert len(on_device) == len(plain) == 4
+    for a, b in zip(plain, on_device, strict=True):
+        assert a.images.shape == (a.targets.numel(), 3, 28, 28)
+        assert torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
+    assert not prepared.decodes_on(ds, "cpu") and prepared.decodes_on(ds, "cuda")
+    raw = PreparedDataset(tmp_path / "dst", prepared.ALL)
+    raw.encoding = "raw"
+    assert not prepared.decodes_on(raw, "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_jpeg_shards_are_decoded_there_and_match_the_cpu_within_jpeg_noise(tmp_path):
+    src = tmp_path / "src"
+    write_images(src, 5, size=40)
+    prepare_dataset(src, tmp_path / "dst", PrepareOptions(size=32, encoding="jpeg"), workers=0, quiet=True)
+    ds = PreparedDataset(tmp_path / "dst", prepared.ALL)
+    loader = prepared.make_loader(ds, 4, shuffle=False, workers=0, device="cuda")
+    cpu = prepared.make_loader(ds, 4, shuffle=False, workers=0, device="cpu")
+    for a, b in zip(loader, cpu, strict=True):
+        assert a.images.device.type == "cuda"
+        assert (a.images.cpu().int() - b.images.int()).abs().float().mean() < 2  # nvJPEG's IDCT differs slightly
+
+
+def test_the_pca_of_a_prepared_split_is_the_eigendecomposition_of_its_pixels(numbered, tmp_path):
+    src = tmp_path / "colour"
+    write_images(src, 4, size=20)
+    prepare_dataset(src, tmp_path / "dst", PrepareOptions(size=16), workers=0, quiet=True)
+    ds = PreparedDataset(tmp_path / "dst", prepared.ALL)
+    pca = compute_pca(ds, n_samples=len(ds))
+    pixels = np.concatenate([ds[i][0].reshape(3, -1).T.numpy() / 255.0 for i in range(len(ds))])
+    eigval, eigvec = np.linalg.eigh(np.cov(pixels.T, bias=True))
+    np.testing.assert_allclose(pca.eigval.numpy(), eigval[::-1], rtol=1e-4, atol=1e-7)
+    for k in range(3):  # each eigenvector up to its sign
+        v = eigvec[:, 2 - k]
+        np.testing.assert_allclose(np.abs(pca.eigvec[:, k].numpy() @ v), 1.0, atol=1e-4)
+
+
+def test_a_val_split_of_a_prepared_folder_holds_the_images_the_folder_split_holds(tmp_path):
+    src = _numbered(tmp_path / "src", 30)
+    prepare_dataset(src, tmp_path / "dst", PrepareOptions(size=8), workers=0, quiet=True)
+    train, val, classes = prepared.make_datasets(tmp_path / "dst", resize=8, val_split=0.3, seed=3)
+    f_train, f_val, f_classes = make_datasets(src, val_split=0.3, seed=3)
+    assert classes == f_classes
+    for ours, theirs in ((train, f_train), (val, f_val)):
+        assert ours.targets == theirs.targets
+        ids = [_ids(ours[k][0][None])[0] for k in range(len(ours))]
+        assert ids == [int(p.stem) for p, _ in theirs.samples]
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation on a prepared dataset
+# --------------------------------------------------------------------------------------------
+def test_training_on_a_prepared_dataset_gives_the_weights_its_folder_gives_and_evaluates(tiny_data, tmp_path):
+    """Prepared at the model's resize size, the stored pixels are the folder pipeline's own: with the same
+    seed (and PCA lighting off, since its statistics come from different samples) the runs are equal."""
+    dst = tmp_path / "prepared"
+    assert main(["prepare", str(tiny_data), str(dst), "--size", "36", "--workers", "0", "-q"]) == 0
+    flags = {"epochs": 1, "batch_size": 8, "pca_std": 0.0, "workers": 0, "device": "cpu", "precision": "fp32"}
+    fit(tiny_data, tmp_path / "folder", resolve_config("small", None, flags), quiet=True)
+    args = ["--recipe", "small", "--epochs", "1", "--batch-size", "8", "--pca-std", "0", "--workers", "0"]
+    args += ["--device", "cpu", "--precision", "fp32", "--output", str(tmp_path / "p"), "-q"]
+    assert main(["train", str(dst), *args]) == 0
+    a, _ = read_checkpoint(tmp_path / "folder" / "checkpoints" / "last.safetensors")
+    b, meta = read_checkpoint(tmp_path / "p" / "checkpoints" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert meta["data"] == str(dst.resolve())
+
+    clf = load_classifier(tmp_path / "p", device="cpu")
+    on_prepared = evaluate_folder(clf, dst, precision="fp32", workers=0)
+    on_folder = evaluate_folder(clf, tiny_data, precision="fp32", workers=0)
+    assert on_prepared["folder"] == str(dst / "val") and on_prepared["images"] == on_folder["images"] == 9
+    assert on_prepared["top1"] == on_folder["top1"] and on_prepared["loss"] == pytest.approx(on_folder["loss"])
+
+
+def test_evaluation_maps_a_prepared_splits_classes_onto_the_models_by_name(tmp_path):
+    card = get_spec("alexnet_small").card.trained("alexnet_small", ["blue", "green", "red"])
+    clf = Classifier.from_module(create_model("alexnet_small", 3), card, "untrained", torch.device("cpu"))
+    src = tmp_path / "two"
+    write_images(src, 3, size=40)
+    for p in (src / "blue").iterdir():
+        p.unlink()
+    (src / "blue").rmdir()
+    prepare_dataset(src, tmp_path / "dst", PrepareOptions(size=36), workers=0, quiet=True)
+    result = evaluate_folder(clf, tmp_path / "dst", precision="fp32", workers=0)
+    assert result["per_class_images"] == [0, 3, 3]
