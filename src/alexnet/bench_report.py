@@ -78,7 +78,8 @@ def format_table(result: dict[str, Any]) -> Any:
     from rich.text import Text
 
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
-    table = Table(title=f"{result['model']} vs torchvision alexnet (eager fp32) | matmul peak GFLOP/s: {peaks}")
+    unit = "GFLOP/s (int8: GOP/s)" if "int8" in result["peak_gflops"] else "GFLOP/s"
+    table = Table(title=f"{result['model']} vs torchvision alexnet (eager fp32) | matmul peak {unit}: {peaks}")
     for i, h in enumerate(_HEADER):
         table.add_column(h, justify="right" if i >= 4 or i == 1 else "left")
     best = {id(r) for r in best_rows(result)}
@@ -103,7 +104,8 @@ def markdown_report(result: dict[str, Any]) -> str:
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
     lines = [
         f"Measured {m['date']} by `alexnet benchmark --model {result['model']}` on {describe_machine(m)}.",
-        f"Matmul peak (median): {peaks} GFLOP/s. {_method(result)}",
+        f"Matmul peak (median): {peaks} GFLOP/s{' (int8: GOP/s)' if 'int8' in result['peak_gflops'] else ''}. "
+        f"{_method(result)}",
         "",
     ]
     for r in sorted(best_rows(result), key=lambda r: (r["phase"], -r["batch_size"])):

@@ -85,9 +85,10 @@ def matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", n: int =
 def int8_matmul_peak(device: torch.device | str = "cpu", n: int = 2048, repeats: int = 10) -> float:
     """Giga-operations/s (2 per multiply-add) of an n x n int8 matmul, median of ``repeats``.
 
-    The better of ``torch._int_mm`` (int8 x int8 -> int32) and, on the CPU, oneDNN's quantised linear
-    (uint8 activations x int8 weights, pre-packed, the kernel the int8 inference modes reach): the one
-    that uses the CPU's VNNI / AMX-INT8 instructions where it has them.
+    The best of ``torch._int_mm`` (int8 x int8 -> int32) and, on the CPU, oneDNN's quantised linear
+    (uint8 activations x int8 weights, pre-packed: the kernel the int8 inference modes reach) with fp32
+    output and with uint8 output (requantised, as one int8 layer feeds the next): the one that uses the
+    CPU's VNNI / AMX-INT8 instructions where it has them.
     """
     device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
@@ -100,10 +101,12 @@ def int8_matmul_peak(device: torch.device | str = "cpu", n: int = 2048, repeats:
         scales, zeros = torch.full((n,), 1e-3), torch.zeros(n, dtype=torch.long)
         try:
             packed = torch.ops.onednn.qlinear_prepack(b, [n, n])
-            args = (x, torch.tensor(0.02), zero, packed, scales, zeros, None, one, zero, torch.float32, "none", [], "")
-            candidates.append(lambda: torch.ops.onednn.qlinear_pointwise.tensor(*args))
         except (RuntimeError, AttributeError):
-            pass
+            packed = None
+        for out_scale, out_dtype in ((one, torch.float32), (torch.tensor(50.0), torch.uint8)):
+            if packed is not None:
+                args = (x, torch.tensor(0.02), zero, packed, scales, zeros, None, out_scale, zero, out_dtype)
+                candidates.append(lambda a=args: torch.ops.onednn.qlinear_pointwise.tensor(*a, "none", [], ""))
     best = 0.0
     for fn in candidates:
         try:

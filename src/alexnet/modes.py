@@ -49,9 +49,9 @@ __all__ = [
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 AGREEMENT_THRESHOLD = 0.99
-# ``auto`` tries int8 only for at least this many images: quantising first costs the export and a
-# calibration pass over a few hundred images in fp32, which int8's gain over bf16 repays after about this many.
-INT8_MIN_IMAGES = 2048
+# ``auto`` tries int8 only for at least this many images: quantising (an export and a calibration pass in
+# fp32) and compiling first cost about what int8's gain over bf16 at batch 64 saves on this many images.
+INT8_MIN_IMAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,9 @@ INFERENCE_MODES: dict[str, Mode] = {
         Mode("onnxruntime-int8", "int8", "onnxruntime-int8", _INT8, _CPU, False, "ONNX Runtime, static int8 (QDQ)"),
     )
 }
-# The int8 modes, fastest first on an x86 CPU with VNNI/AMX (``alexnet benchmark`` measures both).
+# The int8 modes, fastest first on an x86 CPU with VNNI/AMX (``alexnet benchmark`` measures both): at
+# batch 64 oneDNN's int8 convolutions are faster than ONNX Runtime's (its QLinearConv is slower than bf16
+# oneDNN there); ONNX Runtime is the fallback where there is no C++ compiler or torchao.
 INT8_MODES = ("compile-int8", "onnxruntime-int8")
 
 TRAINING_MODES: dict[str, Mode] = {
