@@ -60,6 +60,18 @@ def test_calibration_takes_training_images_in_turns_from_each_class(colour_data,
         load_calibration(colour_data, card, method="guess")
 
 
+def test_without_splits_the_held_out_images_are_the_ones_calibration_left(colour_classifier, tmp_path):
+    from conftest import write_images
+
+    card = colour_classifier[1]
+    write_images(tmp_path / "flat", 10)  # <class>/<image>, no train/val/test
+    cal = load_calibration(tmp_path / "flat", card, count=12)
+    images, labels, _ = heldout_set(tmp_path / "flat", card, cal)
+    assert len(images) == 30 - 12 and sorted(labels.tolist()) == [0] * 6 + [1] * 6 + [2] * 6
+    calibrated = {tuple(x.flatten()[:50].tolist()) for x in cal.images}
+    assert not calibrated & {tuple(x.flatten()[:50].tolist()) for x in images}  # no image in both
+
+
 def test_int8_export_keeps_the_fp32_predictions_and_records_its_calibration(colour_classifier, heldout, exported):
     model, card = colour_classifier
     path, report = exported
