@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Three classes a small network separates in a few steps: a dominant colour plus noise.
@@ -55,3 +56,48 @@ def unwritable_dir(tmp_path: Path) -> Path:
     os.close(fd)
     os.unlink(probe)
     pytest.skip("no folder here refuses writes to root")
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DATA/train and DATA/val with 16 images per class each: enough held-out images for a 99% rule."""
+    root = tmp_path_factory.mktemp("colours")
+    write_images(root / "train", 16, seed=0)
+    write_images(root / "val", 16, seed=1)
+    return root
+
+
+def prepared(path: Path, card) -> torch.Tensor:  # noqa: ANN001 - a ModelCard
+    """An image file as a model with ``card`` takes it, written out by hand: shorter side to the resize size
+    (antialiased), the central square, the central crop, then ``(x / 255 - mean) / std``."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    x = TF.pil_to_tensor(Image.open(path).convert("RGB"))
+    x = TF.center_crop(TF.resize(x, card.resize_size, antialias=True), [card.resize_size] * 2)
+    x = TF.center_crop(x, [card.input_size] * 2).float() / 255
+    return (x - torch.tensor(card.mean).view(3, 1, 1)) / torch.tensor(card.std).view(3, 1, 1)
+
+
+@pytest.fixture(scope="session")
+def colour_classifier(colour_data: Path):
+    """(alexnet_small separating the colour classes, its card): random features with fc8 fitted to the
+    training images by least squares, a classifier in one solve, with decisive margins."""
+    from alexnet import create_model
+    from alexnet.registry import get_spec
+
+    card = get_spec("alexnet_small").card.trained("alexnet_small", sorted(COLOURS))
+    files = [(p, t) for t, name in enumerate(card.classes) for p in sorted((colour_data / "train" / name).iterdir())]
+    images = torch.stack([prepared(p, card) for p, _ in files])
+    targets = torch.tensor([t for _, t in files])
+    torch.manual_seed(0)
+    model = create_model("alexnet_small", len(card.classes)).eval()
+    fc8 = model.classifier[-1]
+    features = torch.nn.Sequential(*model.features, model.avgpool, torch.nn.Flatten(1), *list(model.classifier)[:-1])
+    with torch.no_grad():
+        f = torch.cat([features(images), torch.ones(len(images), 1)], 1)
+        wanted = torch.nn.functional.one_hot(targets, len(card.classes)).float() * 10 - 5
+        solution = torch.linalg.lstsq(f, wanted).solution
+        fc8.weight.copy_(solution[:-1].T)
+        fc8.bias.copy_(solution[-1])
+    return model, card

@@ -38,7 +38,7 @@ def result() -> dict:
         batch_sizes=[2],
         train=True,
         train_batch_size=2,
-        modes=["eager-fp32", "onednn-bf16", "fp16"],  # fp16 is CUDA-only: skipped on the CPU
+        modes=["eager-fp32", "onednn-bf16", "onnxruntime-int8", "fp16"],  # fp16 is CUDA-only: skipped on the CPU
         train_modes=["eager-fp32", "autocast-bf16"],
         device="cpu",
         rounds=2,
@@ -67,9 +67,21 @@ def test_each_row_has_its_median_ratio_within_its_spread_and_its_share_of_peak(r
         assert r["pct_of_peak"] == pytest.approx(100 * r["gflops"] / result["peak_gflops"][r["precision"]])
 
 
+def test_int8_rows_are_measured_against_the_int8_matmul_peak(result):
+    pytest.importorskip("onnxruntime")
+    assert result["peak_gflops"]["int8"] > 0  # the machine's own int8 matmul, next to fp32 and bf16
+    (row,) = [r for r in result["rows"] if r["mode"] == "onnxruntime-int8"]
+    assert row["precision"] == "int8" and row["batch_size"] == 2 and row["setup_s"] > 0
+    per_s = 2 / 0.01  # the fake timer: 10 ms per batch of 2
+    assert row["gflops"] == pytest.approx(per_s * result["flops_per_image"]["alexnet_small"] / 1e9)
+    assert row["pct_of_peak"] == pytest.approx(100 * row["gflops"] / result["peak_gflops"]["int8"])
+    # every measurement took 10 ms, so int8 and bf16 are equally fast: the quotient of their ratios is 1
+    assert "- int8, batch 2: `onnxruntime-int8` is 1.00x `onednn-bf16`" in markdown_report(result)
+
+
 def test_modes_that_cannot_run_are_skipped_with_a_reason(result):
-    (skipped,) = result["skipped"]
-    assert skipped["mode"] == "fp16" and "cuda" in skipped["reason"]
+    skipped = {s["mode"]: s for s in result["skipped"]}
+    assert "cuda" in skipped["fp16"]["reason"] and set(skipped) <= {"fp16", "onnxruntime-int8"}
     assert "fp16" not in {r["mode"] for r in result["rows"]}
 
 

@@ -357,3 +357,70 @@ def test_strict_with_loader_workers_fails_in_one_line(tmp_path, capsys):
     argv = ["train", str(tmp_path / "d"), "--output", str(tmp_path / "run"), *FAST, "--strict", "--workers", "2"]
     err = _fails(argv, capsys, "unreadable image")
     assert "DataLoader worker" not in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------- int8
+@pytest.fixture
+def colour_checkpoint(colour_data, colour_classifier, tmp_path) -> Path:
+    """The colour classifier as a checkpoint that names its training data, as `alexnet train` writes it."""
+    from alexnet.checkpoint import save_checkpoint
+
+    model, card = colour_classifier
+    save_checkpoint(tmp_path / "best.safetensors", model, card.to_json() | {"data": str(colour_data)})
+    return tmp_path / "best.safetensors"
+
+
+def test_an_int8_export_is_verified_and_read_by_evaluate_and_predict(colour_data, colour_checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "int8.onnx"
+    argv = ["export", str(colour_checkpoint), "--int8", "--calibration-images", "24", "--output", str(out)]
+    assert main(argv) == 0  # calibrated on the checkpoint's own training data
+    printed = capsys.readouterr().out
+    assert "onnx int8" in printed and f"of {colour_data / 'train'}" in printed
+    assert "top-1 agreement with fp32 on 48 images of" in printed and "(needs 99%)" in printed
+    assert main(["evaluate", str(out), str(colour_data), "--json", "--output", str(tmp_path / "ev")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mode"] == "onnxruntime-int8" and result["images"] == 48
+    assert result["inference"]["calibration"]["calibration_images"] == 24
+    assert main(["evaluate", str(colour_checkpoint), str(colour_data), "--precision", "fp32", "--json"]) == 0
+    fp32 = json.loads(capsys.readouterr().out)
+    assert abs(result["top1"] - fp32["top1"]) <= 1 / 48  # the agreement rule: at most one answer changed
+    assert main(["predict", str(out), str(colour_data / "val" / "red"), "--top-k", "1", "--json"]) == 0
+    assert {r["top"][0]["class"] for r in json.loads(capsys.readouterr().out)} == {"red"}
+    assert main(["evaluate", str(out), str(colour_data), "--precision", "bf16"]) == 2
+    assert "int8 model" in capsys.readouterr().err
+
+
+def test_evaluate_in_int8_from_a_checkpoint_reports_its_agreement_and_calibration(
+    colour_data, colour_checkpoint, monkeypatch, capsys
+):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr("alexnet.modes.INT8_MODES", ("onnxruntime-int8",))  # seconds, where compiling takes a minute
+    assert main(["evaluate", str(colour_checkpoint), str(colour_data), "--precision", "int8", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["mode"] == "onnxruntime-int8" and result["inference"]["agreement"] >= 0.99
+    assert "onnxruntime-int8 agrees with fp32 on" in captured.err
+    assert f"calibrated (minmax) on 48 images of {colour_data / 'train'}" in captured.err  # all 48 there are
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--int8", "--format", "torchscript"], "exports ONNX"),
+        (["--calibration", "digits"], "go with --int8"),
+        (["--int8", "--calibration-method", "guess"], "invalid choice"),
+    ],
+)
+def test_int8_export_flags_are_checked_first(colour_checkpoint, tmp_path, extra, match, capsys):
+    assert main(["export", str(colour_checkpoint), "--output", str(tmp_path / "m.onnx"), *extra]) == 2
+    assert match in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
+
+
+def test_int8_export_without_calibration_images_says_how_to_give_them(colour_classifier, tmp_path, capsys):
+    from alexnet.checkpoint import save_checkpoint
+
+    model, card = colour_classifier
+    save_checkpoint(tmp_path / "best.safetensors", model, card.to_json() | {"data": str(tmp_path / "gone")})
+    assert main(["export", str(tmp_path / "best.safetensors"), "--int8", "--output", str(tmp_path / "m.onnx")]) == 2
+    assert "--calibration DATA" in capsys.readouterr().err

@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import create_model
-from alexnet.device import default_precision, native_bf16, sgd_kwargs, tune_cpu_allocator
+from alexnet.device import default_precision, native_bf16, native_int8, sgd_kwargs, tune_cpu_allocator
 from alexnet.errors import ModeUnavailable
 from alexnet.modes import (
     INFERENCE_MODES,
+    INT8_MIN_IMAGES,
+    INT8_MODES,
     TRAINING_MODES,
     agreement,
+    inference_candidates,
     inference_mode_for,
     prepare_inference,
     prepare_training,
@@ -22,7 +25,7 @@ from alexnet.modes import (
 )
 from alexnet.onednn import OneDNNAlexNet
 
-SLOW_MODES = {"compile-fp32", "compile-bf16"}  # a few seconds of inductor compilation each
+SLOW_MODES = {"compile-fp32", "compile-bf16", "compile-int8"}  # seconds of inductor compilation each
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -135,10 +138,71 @@ def test_auto_keeps_a_precision_mode_only_above_the_agreement_threshold(images):
 def test_explicit_precisions_map_to_modes():
     assert INFERENCE_MODES[inference_mode_for("fp32", "cpu")].precision == "fp32"
     assert INFERENCE_MODES[inference_mode_for("bf16", "cpu")].precision == "bf16"
+    assert INFERENCE_MODES[inference_mode_for("int8", "cpu")].precision == "int8"
     with pytest.raises(ModeUnavailable, match="GPU"):
         inference_mode_for("fp16", "cpu")
+    with pytest.raises(ModeUnavailable, match="CPU"):
+        inference_mode_for("int8", "cuda")
     with pytest.raises(ValueError):
         inference_mode_for("fp8", "cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_tries_int8_first_only_on_int8_hardware_and_for_enough_images(native, monkeypatch):
+    monkeypatch.setattr("alexnet.modes.native_int8", lambda device: native)
+    big, small = inference_candidates("auto", "cpu", INT8_MIN_IMAGES), inference_candidates("auto", "cpu", 10)
+    precisions = [INFERENCE_MODES[m].precision for m in big]
+    assert precisions[: len(INT8_MODES)] == ["int8"] * len(INT8_MODES) if native else "int8" not in precisions
+    assert "int8" not in {INFERENCE_MODES[m].precision for m in small}
+    assert inference_candidates("auto", "cpu", None) == small  # an unknown amount of work: no quantising
+    assert big[-1] == small[-1] == "eager-fp32"
+    assert inference_candidates("int8", "cpu") == [*INT8_MODES, "eager-fp32"]
+
+
+def test_native_int8_reads_the_cpu_flags(monkeypatch):
+    import alexnet.device as device
+
+    monkeypatch.setattr(device, "_cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    assert native_int8("cpu") and not native_int8("cuda")
+    monkeypatch.setattr(device, "_cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert not native_int8("cpu")
+
+
+def _hand_prepared_val(colour_data, card) -> torch.Tensor:
+    from conftest import prepared
+
+    return torch.stack([prepared(p, card) for p in sorted((colour_data / "val").glob("*/*.png"))])
+
+
+def test_auto_uses_int8_when_it_agrees_and_falls_back_with_the_reason_when_it_does_not(
+    colour_data, colour_classifier, monkeypatch
+):
+    pytest.importorskip("onnxruntime")
+    from alexnet.quantize import load_calibration
+
+    model, card = colour_classifier
+    # Any CPU: the rule under test is the choice, not the instructions. ONNX Runtime quantises in seconds,
+    # where the compiled int8 mode would compile for a minute; both go through the same rule.
+    monkeypatch.setattr("alexnet.modes.native_int8", lambda device: True)
+    monkeypatch.setattr("alexnet.modes.INT8_MODES", ("onnxruntime-int8",))
+    heldout = _hand_prepared_val(colour_data, card)
+    good = load_calibration(colour_data, card, count=24)
+    predictor, report = resolve_inference_mode(
+        model, "auto", device="cpu", heldout=heldout, calibration=good, workload=INT8_MIN_IMAGES
+    )
+    with torch.no_grad():
+        by_hand = float((predictor(heldout).argmax(1) == model(heldout).argmax(1)).float().mean())
+    assert report["mode"] == "onnxruntime-int8" and "fallback_reason" not in report
+    assert report["agreement"] == pytest.approx(by_hand) and by_hand >= 0.99
+    assert report["calibration"]["calibration_images"] == 24
+    # Ranges set on near-black images saturate on the real ones: int8 is passed over, with the reason.
+    dark = type(good)(good.images * 0.001, "images scaled by 0.001")
+    _, report = resolve_inference_mode(
+        model, "auto", device="cpu", heldout=heldout, calibration=dark, workload=INT8_MIN_IMAGES
+    )
+    assert INFERENCE_MODES[report["mode"]].precision != "int8"
+    assert report["mode"] == inference_mode_for("auto", "cpu")
+    assert "onnxruntime-int8 agreed with fp32 on" in report["fallback_reason"] and "< 99%" in report["fallback_reason"]
 
 
 def test_default_precision_is_bf16_only_where_it_is_native():

@@ -7,7 +7,9 @@ either side of it by the mode's, so a busy moment of the machine slows both side
 one round of it; rows report the median ratio and the lowest and highest round. Achieved GFLOP/s
 count 2 x the model's multiply-adds per image (3x that for a training step: forward, backward for
 inputs and weights); "% of peak" divides by this machine's dense matmul rate in the mode's precision,
-which the benchmark measures itself. A mode that cannot run here is listed as skipped, with the reason.
+which the benchmark measures itself (int8: operations/s of an int8 matmul). The int8 modes are timed
+calibrated on the timing batch itself (random images): their speed, not their predictions. A mode that
+cannot run here is listed as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class Context:
 
 
 def _release(mode: Mode) -> None:
-    if mode.engine == "compile":
+    if mode.engine in ("compile", "compile-int8"):
         torch._dynamo.reset()  # drop the compiled graphs and their frozen weight copies
     gc.collect()
 
@@ -269,7 +271,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Measure ``model`` in each mode against the baseline; return the JSON-ready result.
 
-    ``{"machine", "peak_gflops": {"fp32", "bf16"[, "fp16"]}, "flops_per_image", "model", "rounds",
+    ``{"machine", "peak_gflops": {"fp32", "bf16"[, "int8"][, "fp16"]}, "flops_per_image", "model", "rounds",
     "rows": [Row.to_json(): {"model", "mode", "phase", "batch_size", "images_per_s", "ratio_to_baseline",
     "ratio_spread", "pct_of_peak", ...}], "skipped": [{"model", "mode", "phase", "batch_size", "reason"}]}``.
     Each measurement is :func:`~alexnet.machine.time_call` with ``warmup``, ``repeats``, ``max_seconds``

@@ -78,7 +78,8 @@ def format_table(result: dict[str, Any]) -> Any:
     from rich.text import Text
 
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
-    table = Table(title=f"{result['model']} vs torchvision alexnet (eager fp32) | matmul peak GFLOP/s: {peaks}")
+    unit = "GFLOP/s (int8: GOP/s)" if "int8" in result["peak_gflops"] else "GFLOP/s"
+    table = Table(title=f"{result['model']} vs torchvision alexnet (eager fp32) | matmul peak {unit}: {peaks}")
     for i, h in enumerate(_HEADER):
         table.add_column(h, justify="right" if i >= 4 or i == 1 else "left")
     best = {id(r) for r in best_rows(result)}
@@ -90,7 +91,8 @@ def format_table(result: dict[str, Any]) -> Any:
         table.add_row(
             *_cells(r), style="bold green" if id(r) in best else ("dim" if r["model"] != result["model"] else None)
         )
-    parts: list[Any] = [table, Text(describe_machine(result["machine"]), style="dim")]
+    parts: list[Any] = [table, *(Text(line[2:]) for line in _int8_lines(result))]
+    parts.append(Text(describe_machine(result["machine"]), style="dim"))
     for s in result["skipped"]:
         parts.append(Text(f"skipped {s['phase']} {s['mode']} (batch {s['batch_size']}): {s['reason']}", style="yellow"))
     return Group(*parts)
@@ -102,7 +104,8 @@ def markdown_report(result: dict[str, Any]) -> str:
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
     lines = [
         f"Measured {m['date']} by `alexnet benchmark --model {result['model']}` on {describe_machine(m)}.",
-        f"Matmul peak (median): {peaks} GFLOP/s. {_method(result)}",
+        f"Matmul peak (median): {peaks} GFLOP/s{' (int8: GOP/s)' if 'int8' in result['peak_gflops'] else ''}. "
+        f"{_method(result)}",
         "",
     ]
     for r in sorted(best_rows(result), key=lambda r: (r["phase"], -r["batch_size"])):
@@ -115,6 +118,7 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"- {r['phase']}, batch {r['batch_size']}: **{r['ratio_to_baseline']:.2f}x**{rounds} with `{r['mode']}` "
             f"({r['images_per_s']:.1f} images/s{pct}){target}"
         )
+    lines += _int8_lines(result)
     lines += ["", "| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in _sorted_rows(result)]
     if result["skipped"]:
@@ -123,6 +127,17 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"Skipped: {s['phase']} `{s['mode']}` (batch {s['batch_size']}): {s['reason']}" for s in result["skipped"]
         ]
     return "\n".join(lines)
+
+
+def _int8_lines(result: dict[str, Any], reference: str = "onednn-bf16") -> list[str]:
+    """Each int8 mode against ``reference`` at each batch size: the quotient of their ratios to the baseline."""
+    rows = {(r["mode"], r["batch_size"]): r for r in result["rows"] if r["model"] == result["model"]}
+    lines = []
+    for (mode, batch), r in sorted(rows.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        if r["precision"] == "int8" and (reference, batch) in rows:
+            ratio = r["ratio_to_baseline"] / rows[reference, batch]["ratio_to_baseline"]
+            lines.append(f"- int8, batch {batch}: `{mode}` is {ratio:.2f}x `{reference}`")
+    return lines
 
 
 def update_readme(path: str | os.PathLike, result: dict[str, Any]) -> None:

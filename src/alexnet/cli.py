@@ -155,16 +155,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- evaluate
 def _precision_arg(p: argparse.ArgumentParser) -> None:
+    from .modes import INT8_MIN_IMAGES
+
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=["auto", "fp32", "bf16", "fp16", "int8"],
         default="auto",
-        help="auto: bf16/oneDNN where its top-1 agrees with fp32 on >= 99%% of held-out images, else fp32 "
-        "(default: %(default)s)",
+        help=f"auto: the fastest of int8 (on a CPU with VNNI/AMX, for {INT8_MIN_IMAGES} images or more), "
+        "bf16/oneDNN and fp32 whose top-1 agrees with fp32 on >= 99%% of held-out images; int8: quantise the "
+        "checkpoint now (default: %(default)s)",
     )
+    p.add_argument(
+        "--calibration", metavar="DATA",
+        help="int8: images to calibrate on, a few hundred from DATA/train or DATA (default: the checkpoint's "
+        "training data if it is still there, else the first images classified)",
+    )  # fmt: skip
     p.add_argument(
         "--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:N or mps (default: %(default)s)"
     )
+
+
+def _calibration(args: argparse.Namespace, card: object, **kw: object) -> object:
+    """The ``--calibration`` images, loaded for the model's card (None without the flag)."""
+    if not getattr(args, "calibration", None):
+        return None
+    from .quantize import load_calibration
+
+    return load_calibration(args.calibration, card, **kw)  # type: ignore[arg-type]
+
+
+def _print_mode(command: str, mode: dict) -> None:
+    """How the inference mode was chosen: the fallback's reason, int8's agreement and calibration (stderr)."""
+    if mode.get("fallback_reason"):
+        print(f"alexnet {command}: using {mode['mode']}: {mode['fallback_reason']}", file=sys.stderr)
+    if "agreement" in mode:
+        print(f"alexnet {command}: {mode['mode']} agrees with fp32 on {mode['agreement']:.1%} of held-out images",
+              file=sys.stderr)  # fmt: skip
+    record = mode.get("calibration")
+    if record and mode.get("mode", "").endswith("int8"):
+        print(f"alexnet {command}: int8 calibrated ({record['calibration_method']}) on {record['calibration_source']}",
+              file=sys.stderr)  # fmt: skip
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -192,8 +222,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     clf = load_classifier(args.checkpoint, device=args.device)
     result = evaluate_folder(
         clf, args.data, ten_crop=args.ten_crop, precision=args.precision, batch_size=args.batch_size,
-        workers=args.workers, strict=args.strict,
+        workers=args.workers, strict=args.strict, calibration=_calibration(args, clf.card),
     )  # fmt: skip
+    _print_mode("evaluate", result["inference"])
     classes = list(clf.card.classes)
     out = Path(args.output) if args.output else default_eval_dir(clf.source, result["folder"])
     if args.json:
@@ -246,7 +277,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         images = ([source] if source is not None else []) + images
         source = None
     clf = load_classifier(source, model=args.model, weights=args.weights, device=args.device)
-    results = predict_files(clf, image_paths(images), top_k=args.top_k, precision=args.precision)
+    results = predict_files(
+        clf, image_paths(images), top_k=args.top_k, precision=args.precision, calibration=_calibration(args, clf.card)
+    )
+    _print_mode("predict", clf.mode)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -348,6 +382,25 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default: %(default)s)")
     p.add_argument("--output", required=True, metavar="PATH", help="the file to write (checked before exporting)")
     _input_size_arg(p, "the traced example; the batch stays dynamic")
+    from .quantize import CALIBRATION_IMAGES, CALIBRATION_METHODS
+
+    q = p.add_argument_group("int8 (ONNX only): post-training static quantisation, checked on held-out images")
+    q.add_argument("--int8", action="store_true", help="quantise: int8 weights (per channel) and activations")
+    q.add_argument(
+        "--calibration", metavar="DATA",
+        help="images to calibrate on: DATA/train or DATA, or a bundled dataset; the check uses DATA/val, else "
+        "DATA/test, else the rest of DATA (default: the checkpoint's training data)",
+    )  # fmt: skip
+    q.add_argument(
+        "--calibration-images", type=_at_least(1, 100_000), default=CALIBRATION_IMAGES, metavar="N",
+        help="how many calibration images, spread over the classes (default: %(default)s)",
+    )  # fmt: skip
+    q.add_argument(
+        "--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
+        help="activation ranges: observed min/max, KL-optimal (entropy) or a percentile (default: %(default)s)",
+    )  # fmt: skip
+    q.add_argument("--keep-fp32", type=_csv(str), default=[], metavar="LAYER,LAYER",
+                   help="layers left in fp32, e.g. conv1")  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
 
@@ -357,8 +410,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .files import check_writable
 
     check_writable(args.output)  # before the checkpoint is read: a wrong --output costs nothing
+    int8_flags = args.calibration or args.keep_fp32
+    if (args.int8 or int8_flags) and args.format != "onnx":
+        raise UserError(f"--int8 exports ONNX models (ONNX Runtime quantises them), not --format {args.format}")
+    if int8_flags and not args.int8:
+        raise UserError("--calibration and --keep-fp32 go with --int8")
     path = resolve_checkpoint_path(args.checkpoint)
     model, meta = load_checkpoint(path, map_location="cpu")
+    if args.int8:
+        return _export_int8(args, model, checkpoint_card(meta, path), meta.get("data"))
     try:
         report = export_model(model, checkpoint_card(meta, path), args.format, args.output, args.input_size)
     except ExportVerificationError as e:
@@ -371,6 +431,37 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"max abs diff {report['max_abs_diff']:.2e} (tolerance {report['tolerance']:.1e})"
     )
     return 0
+
+
+def _export_int8(args: argparse.Namespace, model: object, card: object, train_data: object) -> int:
+    from dataclasses import replace
+
+    from .export import ExportVerificationError
+    from .quantize import export_int8, heldout_set, load_calibration
+
+    source = args.calibration or (train_data if isinstance(train_data, str) and Path(train_data).is_dir() else None)
+    if source is None:
+        raise UserError("--int8 needs images to calibrate on: --calibration DATA (the checkpoint's training "
+                        f"data, {train_data or 'not recorded'}, is not there)")  # fmt: skip
+    if args.input_size:
+        card = replace(card, input_size=args.input_size, resize_size=max(args.input_size, card.resize_size))
+    calibration = load_calibration(source, card, count=args.calibration_images, method=args.calibration_method)
+    heldout = heldout_set(source, card, calibration)
+    try:
+        report = export_int8(model, card, args.output, calibration, heldout, keep_fp32=tuple(args.keep_fp32))
+    except ExportVerificationError as e:
+        print(f"alexnet export: verification failed: {e}", file=sys.stderr)
+        return 1
+    accuracy = (
+        f"; held-out top-1 fp32 {report['fp32_top1']:.2%}, int8 {report['int8_top1']:.2%}"
+        if "int8_top1" in report
+        else ""
+    )
+    print(
+        f"wrote {report['output']} (onnx int8, {report['bytes'] / 1e6:.1f} MB, input {report['input_shape']}); "
+        f"calibrated ({args.calibration_method}) on {calibration.source}; top-1 agreement with fp32 on "
+        f"{report['heldout']}: {report['agreement']:.2%} (needs {report['threshold']:.0%}){accuracy}"
+    )
 
 
 # ----------------------------------------------------------------------------------------- visualize

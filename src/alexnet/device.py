@@ -21,13 +21,14 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
     "native_bf16",
+    "native_int8",
     "default_precision",
     "autocast_context",
     "sgd_kwargs",
     "tune_cpu_allocator",
 ]
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "int8"]  # int8: inference only
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -53,6 +54,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in info.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether ``device`` computes bf16 natively (not emulated, so bf16 is actually faster).
 
@@ -64,15 +76,15 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != "cpu":
         return False
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def native_int8(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` is a CPU with int8 dot-product instructions (x86 VNNI or AMX-INT8): four int8
+    multiply-adds where an fp32 FMA does one, twice what bf16 does, so int8 inference is faster there."""
+    if torch.device(device).type != "cpu":
         return False
-    for line in info.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-    return False
+    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def default_precision(device: torch.device | str) -> Precision:
@@ -94,6 +106,10 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     """A training precision: ``auto`` -> :func:`default_precision`; explicit choices are checked."""
     if requested == "auto":
         return default_precision(device)
+    if requested == "int8":
+        raise UserError(
+            "int8 is an inference precision (evaluate, predict, export --int8); train in auto, bf16 or fp32"
+        )
     if requested not in DTYPES:
         raise UserError(f"unknown precision {requested!r}; choose auto, fp32, bf16 or fp16")
     if requested == "fp16" and device.type == "cpu":

@@ -30,11 +30,20 @@ from .errors import UserError
 from .files import atomic_write_bytes, check_writable
 from .models import MAX_INPUT_SIZE
 
-__all__ = ["FORMATS", "ExportVerificationError", "export_model", "export_onnx", "OnnxModel", "is_onnx_file"]
+__all__ = [
+    "FORMATS",
+    "ExportVerificationError",
+    "export_model",
+    "export_onnx",
+    "OnnxModel",
+    "is_onnx_file",
+    "ort_session",
+]
 
 Format = Literal["onnx", "torchscript", "exported-program"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "exported-program")
 EXTRA_FILE = "alexnet.json"
+QUANTIZATION_KEY = "quantization"  # ONNX metadata: an int8 model's recipe and calibration, next to its card
 TOLERANCE = 1e-4
 _TRACE_BATCH, _CHECK_BATCH = 2, 3  # verify on a batch size other than the traced one: the batch is dynamic
 
@@ -180,25 +189,41 @@ def is_onnx_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".onnx" and Path(path).is_file()
 
 
+def ort_session(source: str | os.PathLike | bytes, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session on a model file or its bytes, with torch's thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    model = source if isinstance(source, bytes) else str(source)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxModel:
     """An exported ONNX model and its model card: ``onnx(images)`` takes normalised float images
-    (N, 3, H, W) and returns logits as a torch tensor. ``source``: a path or the serialized bytes."""
+    (N, 3, H, W) and returns logits as a torch tensor. ``source``: a path or the serialized bytes.
+    ``quantization``: the int8 export's record (recipe, calibration set and method), or None."""
 
     def __init__(self, source: str | os.PathLike | bytes, threads: int | None = None) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError as e:
             raise UserError("reading ONNX files needs onnxruntime (pip install 'alexnet[export]')") from e
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        model = source if isinstance(source, bytes) else str(source)
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(source, threads)
+        metadata = self.session.get_modelmeta().custom_metadata_map
         try:
-            self.card = ModelCard.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+            self.card = ModelCard.from_metadata(metadata)
         except ValueError as e:
             raise UserError(f"{source if isinstance(source, str | os.PathLike) else 'the model'} was not exported "
                             f"by alexnet export: {e}") from e  # fmt: skip
+        record = metadata.get(QUANTIZATION_KEY)
+        self.quantization: dict[str, Any] | None = json.loads(record) if record else None
         self._input = self.session.get_inputs()[0].name
+
+    @property
+    def precision(self) -> str:
+        """``int8`` for a quantised model, else ``fp32``."""
+        return "int8" if self.quantization is not None else "fp32"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()

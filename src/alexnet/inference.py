@@ -3,8 +3,10 @@ classify images, evaluate it on a folder the paper's way.
 
 A :class:`Classifier` is a callable from normalised float images to logits plus the data contract it
 was trained with (class names, resize/crop size, mean/std). Torch models run in the fastest
-inference mode accepted on this machine (:func:`alexnet.modes.resolve_inference_mode`: bf16 and
+inference mode accepted on this machine (:func:`alexnet.modes.resolve_inference_mode`: int8, bf16 and
 oneDNN only if their top-1 agrees with fp32 on the held-out images), unless ``precision="fp32"``.
+An int8 mode calibrates on the images given (``calibration``), else on a few hundred images of the
+checkpoint's training data where that folder still exists, else on the held-out sample itself.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +36,9 @@ from .export import OnnxModel, is_onnx_file
 from .files import atomic_write_bytes
 from .registry import create_model, get_spec, imagenet_categories
 
+if TYPE_CHECKING:
+    from .quantize import Calibration
+
 __all__ = ["Classifier", "load_classifier", "predict_files", "evaluate_folder", "image_paths", "write_eval_csv"]
 
 
@@ -47,6 +52,7 @@ class Classifier:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     module: torch.nn.Module | None = None  # the fp32 model (None for ONNX files)
     mode: dict[str, Any] = field(default_factory=lambda: {"mode": "eager-fp32"})  # the mode chosen, and why
+    train_data: str | None = None  # the folder the checkpoint was trained on, as its metadata says
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.forward(images)
@@ -69,19 +75,48 @@ class Classifier:
         x = TF.center_crop(images_uint8, [self.card.input_size, self.card.input_size])
         return normalize(x, torch.tensor(self.card.mean), torch.tensor(self.card.std))
 
-    def fast(self, heldout: Tensor | None, precision: str = "auto", batch_size: int = 64) -> Classifier:
+    def fast(
+        self,
+        heldout: Tensor | None,
+        precision: str = "auto",
+        batch_size: int = 64,
+        *,
+        calibration: Calibration | None = None,
+        workload: int | None = None,
+    ) -> Classifier:
         """Switch a torch model to the fastest accepted inference mode; ``heldout``: normalised images
-        (a sample of what will be classified) on which a reduced precision must agree with fp32."""
+        (a sample of what will be classified) on which a reduced precision must agree with fp32;
+        ``workload``: how many images will be classified (``auto`` quantises to int8 only for many);
+        ``calibration``: what int8 calibrates on (default: see the module's docstring)."""
         if self.module is None:
+            own = self.mode.get("precision", "fp32")
+            if precision not in ("auto", own):
+                raise UserError(f"{self.source} is a {own} model; --precision {precision} needs a checkpoint "
+                                f"(or an export made with{'' if precision == 'int8' else 'out'} --int8)")  # fmt: skip
             return self
-        from .modes import resolve_inference_mode
+        from .modes import INFERENCE_MODES, inference_candidates, resolve_inference_mode
 
+        candidates = inference_candidates(precision, self.device, workload)
+        if calibration is None and any(INFERENCE_MODES[m].precision == "int8" for m in candidates):
+            calibration = self._training_calibration()
         example = heldout[:batch_size] if heldout is not None else None
         predictor, report = resolve_inference_mode(
-            self.module, precision, device=self.device, heldout=heldout, example_input=example
-        )
+            self.module, precision, device=self.device, heldout=heldout, example_input=example,
+            calibration=calibration, workload=workload,
+        )  # fmt: skip
         self.forward, self.mode = predictor, report
         return self
+
+    def _training_calibration(self) -> Calibration | None:
+        """A few hundred images of the training folder, if it is still there."""
+        from .quantize import load_calibration
+
+        if self.train_data is None or not Path(self.train_data).is_dir():
+            return None
+        try:
+            return load_calibration(self.train_data, self.card)
+        except UserError:
+            return None  # emptied or unreadable since: calibrate on the held-out sample instead
 
 
 def load_classifier(
@@ -111,10 +146,15 @@ def load_classifier(
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
             raise UserError(f"{source} is not a readable ONNX model: {str(e).splitlines()[0][:200]}") from e
-        return Classifier(onnx, onnx.card, str(source), mode={"mode": "onnxruntime-fp32"})
+        mode = {"mode": f"onnxruntime-{onnx.precision}", "precision": onnx.precision}
+        if onnx.quantization is not None:
+            mode["calibration"] = onnx.quantization
+        return Classifier(onnx, onnx.card, str(source), mode=mode)
     path = resolve_checkpoint_path(source)
     net, meta = load_checkpoint(path)
-    return Classifier.from_module(net, checkpoint_card(meta, path), str(path), device)
+    clf = Classifier.from_module(net, checkpoint_card(meta, path), str(path), device)
+    clf.train_data = meta.get("data") if isinstance(meta.get("data"), str) else None
+    return clf
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,6 +185,7 @@ def predict_files(
     precision: str = "auto",
     batch_size: int = 64,
     heldout: int = 256,
+    calibration: Calibration | None = None,
 ) -> list[dict[str, Any]]:
     """Top-k class names and probabilities per file; an unreadable file gets ``{"error": ...}``.
 
@@ -166,7 +207,7 @@ def predict_files(
             continue
         images = clf.preprocess(torch.stack([t for _, t in readable]))
         if not chosen:
-            clf.fast(images[:heldout], precision, batch_size)
+            clf.fast(images[:heldout], precision, batch_size, calibration=calibration, workload=len(paths))
             chosen = True
         probs = torch.cat([clf(images[s : s + batch_size]).softmax(1) for s in range(0, len(images), batch_size)])
         values, indices = probs.topk(top_k, dim=1)
@@ -202,13 +243,14 @@ def evaluate_folder(
     strict: bool = False,
     heldout: int = 256,
     on_step: Callable | None = None,
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 (and their errors), per-class accuracy and the confusion matrix of ``clf`` on a folder
     (or a prepared dataset: see :mod:`alexnet.prepared`).
 
     The folder's class names must be among the classifier's; its targets are mapped by name. With
     ``precision="auto"`` a reduced-precision mode is used only if it agrees with fp32 on the top-1 of
-    the first ``heldout`` images.
+    the first ``heldout`` images (int8 also reports its agreement when asked for explicitly).
     """
     ds: data.ImageFolderDataset | prepared.PreparedDataset
     if prepared.is_prepared(resolve_dataset(root)):  # its test, val or only split, read from the shards
@@ -233,10 +275,13 @@ def evaluate_folder(
     else:
         ds.samples = [(p, index[ds.classes[t]]) for p, t in ds.samples]
     loader = data.make_loader(ds, batch_size, shuffle=False, workers=workers, seed=0)
-    if clf.module is not None:
-        sample = [ds[i] for i in range(min(heldout, len(ds)))]
-        sample = [s[0] for s in sample if s is not None]
-        clf.fast(clf.preprocess(torch.stack(sample)) if sample and precision == "auto" else None, precision, batch_size)
+    sample = []
+    if clf.module is not None and precision in ("auto", "int8"):
+        sample = [s[0] for s in (ds[i] for i in range(min(heldout, len(ds)))) if s is not None]
+    clf.fast(
+        clf.preprocess(torch.stack(sample)) if sample else None, precision, batch_size,
+        calibration=calibration, workload=len(ds) * (10 if ten_crop else 1),
+    )  # fmt: skip
     result = evaluate(
         clf, loader, crop=clf.card.input_size, mean=torch.tensor(clf.card.mean), std=torch.tensor(clf.card.std),
         device=torch.device("cpu"), num_classes=clf.card.num_classes, ten_crop=ten_crop, on_step=on_step,

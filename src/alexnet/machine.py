@@ -1,4 +1,5 @@
-"""The machine a benchmark runs on: what it is, how to time a call on it, and its dense matmul peak."""
+"""The machine a benchmark runs on: what it is, how to time a call on it, and its dense matmul peak in each
+precision (int8: the best of the int8 matrix products PyTorch reaches, counted in operations/s)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["time_call", "matmul_peak", "measure_peaks", "machine_info", "describe_machine"]
+__all__ = ["time_call", "matmul_peak", "int8_matmul_peak", "measure_peaks", "machine_info", "describe_machine"]
 
-PEAK_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PEAK_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "int8": torch.int8,
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -76,10 +82,51 @@ def matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", n: int =
     return best
 
 
+def int8_matmul_peak(device: torch.device | str = "cpu", n: int = 2048, repeats: int = 10) -> float:
+    """Giga-operations/s (2 per multiply-add) of an n x n int8 matmul, median of ``repeats``.
+
+    The best of ``torch._int_mm`` (int8 x int8 -> int32) and, on the CPU, oneDNN's quantised linear
+    (uint8 activations x int8 weights, pre-packed: the kernel the int8 inference modes reach) with fp32
+    output and with uint8 output (requantised, as one int8 layer feeds the next): the one that uses the
+    CPU's VNNI / AMX-INT8 instructions where it has them.
+    """
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (n, n), generator=gen, dtype=torch.int8).to(device)
+    b = torch.randint(-128, 128, (n, n), generator=gen, dtype=torch.int8).to(device)
+    candidates: list[Callable[[], Any]] = [lambda: torch._int_mm(a, b)]
+    if device.type == "cpu" and hasattr(torch.ops.onednn, "qlinear_prepack"):
+        x = torch.randint(0, 256, (n, n), generator=gen, dtype=torch.uint8)
+        one, zero = torch.tensor(1.0), torch.tensor(0, dtype=torch.long)
+        scales, zeros = torch.full((n,), 1e-3), torch.zeros(n, dtype=torch.long)
+        try:
+            packed = torch.ops.onednn.qlinear_prepack(b, [n, n])
+        except (RuntimeError, AttributeError):
+            packed = None
+        for out_scale, out_dtype in ((one, torch.float32), (torch.tensor(50.0), torch.uint8)):
+            if packed is not None:
+                args = (x, torch.tensor(0.02), zero, packed, scales, zeros, None, out_scale, zero, out_dtype)
+                candidates.append(lambda a=args: torch.ops.onednn.qlinear_pointwise.tensor(*a, "none", [], ""))
+    best = 0.0
+    for fn in candidates:
+        try:
+            times = time_call(fn, device, warmup=3, repeats=repeats, max_seconds=3.0, min_seconds=0.0)
+        except RuntimeError:  # not built for this device
+            continue
+        best = max(best, 2 * n**3 / statistics.median(times) / 1e9)
+    return best
+
+
 def measure_peaks(device: torch.device, n: int = 2048) -> dict[str, float]:
-    """The matmul peak (GFLOP/s) of each precision the device computes: fp32, bf16, and fp16 on CUDA."""
+    """The matmul peak (GFLOP/s; int8: GOP/s) of each precision the device computes: fp32, bf16, int8 on
+    the CPU, and fp16 on CUDA."""
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-    return {p: matmul_peak(PEAK_DTYPES[p], device, n) for p in precisions}
+    peaks = {p: matmul_peak(PEAK_DTYPES[p], device, n) for p in precisions}
+    if device.type == "cpu":
+        int8 = int8_matmul_peak(device, n)
+        if int8 > 0:
+            peaks["int8"] = int8
+    return peaks
 
 
 def _cpuinfo(key: str) -> str | None:
@@ -94,7 +141,18 @@ def _cpuinfo(key: str) -> str | None:
 
 def _cpu_flags() -> list[str]:
     flags = set((_cpuinfo("flags") or "").split())
-    return sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"})
+    wanted = {
+        "avx2",
+        "avx512f",
+        "avx512_bf16",
+        "avx512_fp16",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_bf16",
+        "amx_int8",
+        "amx_tile",
+    }
+    return sorted(flags & wanted)
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:

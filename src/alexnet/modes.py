@@ -1,8 +1,9 @@
 """Fast inference and training modes, and the rule that decides whether one may be used.
 
-A *mode* is a way to run the same network: a precision (fp32, bf16, fp16), a memory format, and an
-execution engine (eager PyTorch, torch.autocast, a cast copy, oneDNN with pre-packed weights,
-``torch.compile``, ONNX Runtime). :data:`INFERENCE_MODES` and :data:`TRAINING_MODES` are the tables,
+A *mode* is a way to run the same network: a precision (fp32, bf16, fp16, int8), a memory format, and
+an execution engine (eager PyTorch, torch.autocast, a cast copy, oneDNN with pre-packed weights,
+``torch.compile``, ONNX Runtime; for int8, a quantised copy calibrated on images:
+:mod:`alexnet.quantize`). :data:`INFERENCE_MODES` and :data:`TRAINING_MODES` are the tables,
 :data:`ENGINES` builds a callable for each engine, :func:`prepare_inference` / :func:`prepare_training`
 put the two together. A reduced-precision mode is accepted only if its top-1 predictions agree with
 fp32 on at least 99% of held-out images (:func:`agreement`, :func:`resolve_inference_mode`).
@@ -13,17 +14,21 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
-from .device import DTYPES, Precision, autocast_context, default_precision, sgd_kwargs
+from .device import DTYPES, Precision, autocast_context, default_precision, native_int8, sgd_kwargs
 from .engine import backward_update, forward_loss
 from .errors import ModeUnavailable
+
+if TYPE_CHECKING:
+    from .quantize import Calibration
 
 __all__ = [
     "Mode",
@@ -37,11 +42,16 @@ __all__ = [
     "agreement",
     "resolve_inference_mode",
     "inference_mode_for",
+    "inference_candidates",
     "AGREEMENT_THRESHOLD",
+    "INT8_MIN_IMAGES",
 ]
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 AGREEMENT_THRESHOLD = 0.99
+# ``auto`` tries int8 only for at least this many images: quantising (an export and a calibration pass in
+# fp32) and compiling first cost about what int8's gain over bf16 at batch 64 saves on this many images.
+INT8_MIN_IMAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ class Mode:
 
     name: str
     precision: Precision
-    engine: Literal["eager", "autocast", "cast", "onednn", "compile", "onnxruntime"]
+    engine: Literal["eager", "autocast", "cast", "onednn", "compile", "onnxruntime", "compile-int8", "onnxruntime-int8"]
     tolerance: float
     devices: tuple[str, ...]
     channels_last: bool
@@ -65,6 +75,7 @@ class Mode:
 
 _ANY, _CPU, _CUDA = ("cpu", "cuda"), ("cpu",), ("cuda",)
 _EXACT, _FP32, _BF16, _FP16 = 1e-6, 1e-4, 2e-2, 1e-2  # bf16 keeps 8 significant bits, fp16 11
+_INT8 = 0.15  # 256 levels per tensor, rounded again in every layer; top-1 agreement is what decides
 
 INFERENCE_MODES: dict[str, Mode] = {
     m.name: m
@@ -81,8 +92,14 @@ INFERENCE_MODES: dict[str, Mode] = {
         Mode("autocast-fp16", "fp16", "autocast", _FP16, _CUDA, True, "torch.autocast, channels-last"),
         Mode("fp16", "fp16", "cast", _FP16, _CUDA, True, "weights and activations in fp16, channels-last"),
         Mode("compile-fp16", "fp16", "compile", _FP16, _CUDA, True, "fp16 weights, torch.compile"),
+        Mode("compile-int8", "int8", "compile-int8", _INT8, _CPU, True, "torchao PT2E int8, compiled to oneDNN"),
+        Mode("onnxruntime-int8", "int8", "onnxruntime-int8", _INT8, _CPU, False, "ONNX Runtime, static int8 (QDQ)"),
     )
 }
+# The int8 modes, fastest first on an x86 CPU with VNNI/AMX (``alexnet benchmark`` measures both): at
+# batch 64 oneDNN's int8 convolutions are faster than ONNX Runtime's (its QLinearConv is slower than bf16
+# oneDNN there); ONNX Runtime is the fallback where there is no C++ compiler or torchao.
+INT8_MODES = ("compile-int8", "onnxruntime-int8")
 
 TRAINING_MODES: dict[str, Mode] = {
     m.name: m
@@ -102,8 +119,12 @@ def inference_mode_for(precision: str, device: torch.device | str) -> str:
     device = torch.device(device)
     if precision == "auto":
         precision = default_precision(device)
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ModeUnavailable(f"int8 inference runs on the CPU, not {device.type}; use bf16 or fp16 there")
+        return INT8_MODES[0]
     if precision not in DTYPES:
-        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16, fp16 or int8")
     if device.type == "cpu":
         if precision == "fp16":
             raise ModeUnavailable("fp16 needs a GPU; use bf16 or fp32 on the CPU")
@@ -121,7 +142,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------------
-# Engines: (model in eval mode, mode, device, example input) -> a callable on fp32 NCHW images
+# Engines: (model in eval mode, mode, device, example input, calibration) -> a callable on fp32 NCHW images
 # --------------------------------------------------------------------------------------------
 def _channels_last(fn: Forward) -> Forward:
     return lambda x: fn(x.contiguous(memory_format=torch.channels_last))
@@ -131,13 +152,17 @@ def _cast_input(fn: Forward, dtype: torch.dtype) -> Forward:
     return lambda x: fn(x.to(dtype, memory_format=torch.channels_last))
 
 
-def _eager(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+def _eager(
+    model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor, _calibration: Calibration | None
+) -> Forward:
     if mode.channels_last:
         return _channels_last(copy.deepcopy(model).to(device, memory_format=torch.channels_last))
     return model if _model_device(model) == device else copy.deepcopy(model).to(device)
 
 
-def _autocast(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+def _autocast(
+    model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor, _calibration: Calibration | None
+) -> Forward:
     fn = _channels_last(copy.deepcopy(model).to(device, memory_format=torch.channels_last))
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -147,12 +172,16 @@ def _autocast(model: nn.Module, mode: Mode, device: torch.device, example: torch
     return run
 
 
-def _cast(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+def _cast(
+    model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor, _calibration: Calibration | None
+) -> Forward:
     dtype = DTYPES[mode.precision]
     return _cast_input(copy.deepcopy(model).to(device, dtype, memory_format=torch.channels_last), dtype)
 
 
-def _onednn(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+def _onednn(
+    model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor, _calibration: Calibration | None
+) -> Forward:
     from .onednn import OneDNNAlexNet
 
     return OneDNNAlexNet(model, DTYPES[mode.precision], tuple(example.shape))
@@ -169,7 +198,9 @@ def _require_compiler(device: torch.device) -> None:
             raise ModeUnavailable(f"torch.compile needs a C++ compiler on the CPU: {e}") from e
 
 
-def _compile(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
+def _compile(
+    model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor, _calibration: Calibration | None
+) -> Forward:
     import torch._inductor.config as inductor_config
 
     _require_compiler(device)
@@ -188,19 +219,7 @@ def _compile(model: nn.Module, mode: Mode, device: torch.device, example: torch.
     return _cast_input(run, dtype)
 
 
-def _onnxruntime(model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor) -> Forward:
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ModeUnavailable("onnxruntime is not installed (pip install 'alexnet[export]')") from e
-    from .export import export_onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, example, path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _session_forward(session: Any) -> Forward:
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -209,13 +228,77 @@ def _onnxruntime(model: nn.Module, mode: Mode, device: torch.device, example: to
     return run
 
 
-ENGINES: dict[str, Callable[[nn.Module, Mode, torch.device, torch.Tensor], Forward]] = {
+def _onnxruntime(
+    model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor, _calibration: Calibration | None
+) -> Forward:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise ModeUnavailable("onnxruntime is not installed (pip install 'alexnet[export]')") from e
+    from .export import export_onnx, ort_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, example, path)
+        session = ort_session(path)
+    return _session_forward(session)
+
+
+def _calibrated(example: torch.Tensor, calibration: Calibration | None) -> Calibration:
+    from .quantize import Calibration
+
+    return calibration if calibration is not None else Calibration(example.cpu(), "the example input")
+
+
+def _onnxruntime_int8(
+    model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor, calibration: Calibration | None
+) -> Forward:
+    from .export import ort_session
+    from .quantize import quantize_onnx
+
+    return _session_forward(ort_session(quantize_onnx(model, _calibrated(example, calibration))))
+
+
+def _compile_int8(
+    model: nn.Module, mode: Mode, device: torch.device, example: torch.Tensor, calibration: Calibration | None
+) -> Forward:
+    import torch._inductor.config as inductor_config
+
+    from .quantize import quantize_pt2e
+
+    _require_compiler(device)
+    quantised = quantize_pt2e(model, _calibrated(example, calibration))
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    compiled = torch.compile(quantised, dynamic=False)
+    size = example.shape[0]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # Compiled once, for the example's batch size: a smaller batch (the last of an evaluation) is padded
+        # and a larger one split, which costs less than compiling again. Freezing is what turns the
+        # quantise/dequantise pairs around each conv and linear into oneDNN int8 calls.
+        with inductor_config.patch(freezing=True), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the int8 lowering's notes while it compiles
+            outs = []
+            for chunk in x.split(size):
+                n = chunk.shape[0]
+                if n < size:
+                    chunk = torch.cat([chunk, chunk.new_zeros(size - n, *chunk.shape[1:])])
+                outs.append(compiled(chunk)[:n])
+            return torch.cat(outs)
+
+    return run
+
+
+Engine = Callable[[nn.Module, Mode, torch.device, torch.Tensor, "Calibration | None"], Forward]
+ENGINES: dict[str, Engine] = {
     "eager": _eager,
     "autocast": _autocast,
     "cast": _cast,
     "onednn": _onednn,
     "compile": _compile,
     "onnxruntime": _onnxruntime,
+    "compile-int8": _compile_int8,
+    "onnxruntime-int8": _onnxruntime_int8,
 }
 
 
@@ -229,7 +312,8 @@ class Predictor:
     mode: str
     device: torch.device
     fn: Forward
-    setup_s: float = 0.0  # packing / compiling / exporting time, paid once
+    setup_s: float = 0.0  # packing / compiling / exporting / quantising time, paid once
+    calibration: dict[str, Any] | None = None  # int8 modes: the quantisation record (what it was calibrated on)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -237,15 +321,22 @@ class Predictor:
 
 
 def prepare_inference(
-    model: nn.Module, mode: str, example_input: torch.Tensor | None = None, device: torch.device | str | None = None
+    model: nn.Module,
+    mode: str,
+    example_input: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    *,
+    calibration: Calibration | None = None,
 ) -> Predictor:
     """Build a :class:`Predictor` running ``model`` in ``mode`` (a key of :data:`INFERENCE_MODES`).
 
     The predictor is a snapshot: every mode except ``eager-fp32`` works on a copy of the weights taken
-    now (cast, packed, compiled or exported), so prepare it again after the weights change. ``model``
-    is put in eval mode and otherwise left as it is. ``example_input`` (a typical batch) gives the
-    packing hints and the compiled/exported shapes, and is run once to check that the mode works here;
-    raises :class:`ModeUnavailable` when it cannot.
+    now (cast, packed, compiled, exported or quantised), so prepare it again after the weights change.
+    ``model`` is put in eval mode and otherwise left as it is. ``example_input`` (a typical batch) gives
+    the packing hints and the compiled/exported shapes, and is run once to check that the mode works
+    here; raises :class:`ModeUnavailable` when it cannot. The int8 modes set their activation ranges on
+    ``calibration`` (:class:`~alexnet.quantize.Calibration`; default: the example input itself, which
+    is enough to time them but not to trust their predictions).
     """
     if mode not in INFERENCE_MODES:
         raise ValueError(f"unknown inference mode {mode!r}; choose one of: {', '.join(INFERENCE_MODES)}")
@@ -257,7 +348,9 @@ def prepare_inference(
         example_input = torch.randn(1, 3, size, size)
     example_input = example_input.to(device, torch.float32)
     start = time.perf_counter()
-    predictor = Predictor(mode, device, ENGINES[spec.engine](model.eval(), spec, device, example_input))
+    fn = ENGINES[spec.engine](model.eval(), spec, device, example_input, calibration)
+    record = _calibrated(example_input, calibration).record() if spec.precision == "int8" else None
+    predictor = Predictor(mode, device, fn, calibration=record)
     try:
         predictor(example_input)  # compiles / warms up; fails here rather than mid-evaluation
     except ModeUnavailable:
@@ -292,12 +385,30 @@ def agreement(
         raise ValueError("agreement needs at least one image")
     predictor = mode if isinstance(mode, Predictor) else prepare_inference(model, mode, images[:batch_size])
     if reference is None:
-        device = _model_device(model)
-        reference = torch.cat([model.eval()(b.to(device)).argmax(1).cpu() for b in _batches(images, batch_size)])
+        reference = _fp32_top1(model, images, batch_size)
     elif reference.dim() == 2:
         reference = reference.argmax(1)
     predicted = torch.cat([predictor(b).argmax(1).cpu() for b in _batches(images, batch_size)])
     return float((predicted == reference.cpu()).float().mean())
+
+
+def inference_candidates(precision: str, device: torch.device | str, workload: int | None = None) -> list[str]:
+    """The modes :func:`resolve_inference_mode` tries for ``precision``, in order.
+
+    ``auto``: int8 where the CPU computes it natively and there are at least :data:`INT8_MIN_IMAGES`
+    images to classify (``workload``), then :func:`default_precision`'s mode, then fp32. An explicit
+    precision: its modes, then plain PyTorch fp32 (for a build without oneDNN, compiler or onnxruntime).
+    """
+    device = torch.device(device)
+    if precision == "auto":
+        int8 = native_int8(device) and workload is not None and workload >= INT8_MIN_IMAGES
+        modes = [*(INT8_MODES if int8 else ()), inference_mode_for("auto", device), inference_mode_for("fp32", device)]
+    elif precision == "int8":
+        inference_mode_for("int8", device)  # raises off the CPU
+        modes = list(INT8_MODES)
+    else:
+        modes = [inference_mode_for(precision, device)]
+    return list(dict.fromkeys([*modes, "eager-fp32"]))
 
 
 def resolve_inference_mode(
@@ -308,40 +419,58 @@ def resolve_inference_mode(
     heldout: torch.Tensor | None = None,
     example_input: torch.Tensor | None = None,
     threshold: float = AGREEMENT_THRESHOLD,
-) -> tuple[Predictor, dict[str, float | str]]:
-    """The predictor ``evaluate``/``predict`` should use for ``--precision`` (auto, fp32, bf16, fp16).
+    calibration: Calibration | None = None,
+    workload: int | None = None,
+) -> tuple[Predictor, dict[str, Any]]:
+    """The predictor ``evaluate``/``predict`` should use for ``--precision`` (auto, fp32, bf16, fp16, int8).
 
-    ``auto`` tries the fastest mode of :func:`default_precision`; it is kept only if its top-1 agrees
-    with fp32 on at least ``threshold`` of ``heldout`` (normalised images; without them the mode is
-    taken on the strength of the benchmark's checks). A mode that cannot run here, or fails the check,
-    falls back to fp32. An explicit precision is used as asked (fp16 on a CPU raises ModeUnavailable).
-    Returns the predictor and a report: mode, agreement, setup_s, and why a fallback happened.
+    Tries :func:`inference_candidates` in order. Under ``auto`` a reduced-precision mode is kept only if
+    its top-1 agrees with fp32 on at least ``threshold`` of ``heldout`` (normalised images; without them
+    the mode is taken on the strength of the benchmark's checks); a mode that cannot run here, or fails
+    the check, gives way to the next. An explicit precision is used as asked (int8's agreement is still
+    measured and reported when ``heldout`` is given). int8 modes calibrate on ``calibration`` (default:
+    ``heldout``, else the example input). Returns the predictor and a report: mode, agreement (of the
+    mode used), setup_s, calibration (int8), and why each earlier candidate was passed over.
     """
     device = torch.device(device) if device is not None else _model_device(model)
-    fp32_mode = inference_mode_for("fp32", device)
-    report: dict[str, float | str] = {}
-    candidates = [inference_mode_for(precision, device)]
-    if precision == "auto":
-        candidates += [m for m in (fp32_mode, "eager-fp32") if m not in candidates]
-    elif candidates[0] != "eager-fp32":
-        candidates.append("eager-fp32")  # oneDNN missing from this build: plain PyTorch
-    for mode in candidates:
+    if calibration is None and heldout is not None:
+        from .quantize import Calibration
+
+        calibration = Calibration(heldout.cpu(), f"the {len(heldout)} held-out images the agreement is checked on")
+    report: dict[str, Any] = {}
+    reasons: list[str] = []
+    reference, rejected = None, set()
+    for mode in inference_candidates(precision, device, workload):
+        if INFERENCE_MODES[mode].precision in rejected:
+            continue  # the same precision by another engine: the same recipe, much the same answers
         try:
-            predictor = prepare_inference(model, mode, example_input, device)
+            predictor = prepare_inference(model, mode, example_input, device, calibration=calibration)
         except ModeUnavailable as e:
-            report.setdefault("fallback_reason", str(e))
+            reasons.append(str(e))
             continue
-        if precision == "auto" and heldout is not None and INFERENCE_MODES[mode].precision != "fp32":
-            agree = agreement(model, predictor, heldout)
-            report["agreement"] = agree
-            if agree < threshold:
-                report["fallback_reason"] = (
-                    f"{mode} agreed with fp32 on {agree:.1%} < {threshold:.0%} of held-out images"
-                )
+        # int8 reports its agreement even when asked for by name: it is the mode most likely to change answers.
+        if heldout is not None and INFERENCE_MODES[mode].precision != "fp32" and precision in ("auto", "int8"):
+            if reference is None:
+                reference = _fp32_top1(model, heldout)
+            agree = agreement(model, predictor, heldout, reference=reference)
+            if precision == "auto" and agree < threshold:
+                reasons.append(f"{mode} agreed with fp32 on {agree:.1%} < {threshold:.0%} of held-out images")
+                rejected.add(INFERENCE_MODES[mode].precision)
                 continue
+            report["agreement"] = agree
         report.update(mode=mode, setup_s=predictor.setup_s)
+        if predictor.calibration is not None:
+            report["calibration"] = predictor.calibration
+        if reasons:
+            report["fallback_reason"] = "; ".join(reasons)
         return predictor, report
-    raise ModeUnavailable(f"no inference mode could run: {report.get('fallback_reason', '')}")
+    raise ModeUnavailable(f"no inference mode could run: {'; '.join(reasons)}")
+
+
+@torch.inference_mode()
+def _fp32_top1(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    device = _model_device(model)
+    return torch.cat([model.eval()(b.to(device)).argmax(1).cpu() for b in _batches(images, batch_size)])
 
 
 # --------------------------------------------------------------------------------------------
