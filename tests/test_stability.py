@@ -110,6 +110,10 @@ def test_chance_warning_names_a_blow_up_and_two_epochs_at_chance():
     assert "at chance for two epochs" in chance_warning([at_chance, at_chance], k, 360)
     learning = _line(2.47, 2.43, 0.169)  # Caffe's init, epoch 2: top-1 clearly above chance
     assert chance_warning([at_chance, learning], k, 360) is None
+    # measured: Caffe's init with clipping at 10, epochs 1-2: still at chance, but the loss falls (by 2%)
+    starting = [_line(2.489, 2.476, 0.122), _line(2.477, 2.428, 0.111)]
+    assert chance_warning(starting, k, 360) is None
+    assert "at chance" in chance_warning([starting[0], _line(2.477, 2.476 - 0.009 * chance, 0.111)], k, 360)
     assert chance_warning([_line(chance, chance, 0.3)] * 2, k, 360) is None
     no_val = {"train_loss": 2.48, "train_top1": 0.085, "val_loss": None, "val_top1": None}
     assert "train loss" in chance_warning([no_val, no_val], k, 1200)

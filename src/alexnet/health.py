@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["above_chance", "chance_warning", "BLOWUP", "CHANCE_BAND"]
+__all__ = ["above_chance", "chance_warning", "BLOWUP", "CHANCE_BAND", "STALLED"]
 
 # An epoch whose mean training loss is above BLOWUP x ln(classes) blew up; healthy first epochs measured
 # on the bundled photos sit at 1.0x, the paper's init at 4.5x.
@@ -18,6 +18,9 @@ BLOWUP = 1.5
 # Within CHANCE_BAND of ln(classes) with top-1 not clearly above chance, an epoch learned nothing. One such
 # epoch is normal at the start of a run on small data, so the warning needs two in a row.
 CHANCE_BAND = 0.03
+# ...and a loss that still falls by STALLED x ln(classes) from one to the next is a network starting to learn
+# (measured on photos: the paper's dead network moves its validation loss by 0.1%, a starting one by 2%).
+STALLED = 0.01
 
 
 def above_chance(top1: float, num_classes: int, images: int, z: float = 3.0) -> bool:
@@ -41,7 +44,8 @@ def _at_chance(line: dict[str, Any], num_classes: int, images: int) -> bool:
 
 def chance_warning(history: list[dict[str, Any]], num_classes: int, images: int) -> str | None:
     """A warning when the last epoch of ``history`` (metrics.jsonl lines) blew up, or the last two sat at
-    chance; ``images``: how many images the watched numbers (validation, else training) were measured on."""
+    chance with the loss no longer falling; ``images``: how many images the watched numbers (validation, else
+    training) were measured on."""
     if num_classes < 2 or not history:
         return None
     chance, last = math.log(num_classes), history[-1]
@@ -51,8 +55,9 @@ def chance_warning(history: list[dict[str, Any]], num_classes: int, images: int)
             f"ln({num_classes}) = {chance:.3g}: the first steps blew up (try --init caffe, --clip-grad-norm, "
             "--warmup-epochs or a lower --lr)"
         )
-    if len(history) >= 2 and all(_at_chance(h, num_classes, images) for h in history[-2:]):
-        split = _watched(last)
+    split = _watched(last)
+    stalled = len(history) >= 2 and history[-2][f"{split}_loss"] - last[f"{split}_loss"] < STALLED * chance
+    if stalled and all(_at_chance(h, num_classes, images) for h in history[-2:]):
         return (
             f"the network has been at chance for two epochs: {split} loss {last[f'{split}_loss']:.3g} ~ "
             f"ln({num_classes}) = {chance:.3g}, top-1 {last[f'{split}_top1']:.1%} "
