@@ -108,6 +108,10 @@ def test_chance_warning_names_a_blow_up_and_two_epochs_at_chance():
     assert "blew up" in chance_warning([_line(11.1, 2.53, 0.083)], k, 360)  # its first epoch
     assert chance_warning([at_chance], k, 360) is None  # one epoch at chance is normal at the start
     assert "at chance for two epochs" in chance_warning([at_chance, at_chance], k, 360)
+    # the cause named: a blow-up earlier in the run, or steps too few/small to have moved anything yet
+    blown = [_line(11.1, 2.53, 0.083), at_chance, at_chance]
+    assert "killed by the blow-up" in chance_warning(blown, k, 360)
+    assert "smaller --batch-size" in chance_warning([at_chance, at_chance], k, 360)
     learning = _line(2.47, 2.43, 0.169)  # Caffe's init, epoch 2: top-1 clearly above chance
     assert chance_warning([at_chance, learning], k, 360) is None
     # measured: Caffe's init with clipping at 10, epochs 1-2: still at chance, but the loss falls (by 2%)

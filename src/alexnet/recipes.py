@@ -180,8 +180,8 @@ RECIPES: dict[str, TrainConfig] = {
         workers=0,
     ),
     # Large global batches over many GPUs (You, Gitman and Ginsburg 2017): AlexNet with BatchNorm, LARS
-    # (trust coefficient 0.001, momentum 0.9, decay 5e-4 on weights only), a poly(2) decay, global batch
-    # 8192. A starting point for torchrun runs: not reproduced on ImageNet here.
+    # (trust coefficient 0.001, momentum 0.9, decay 5e-4 on weights only), a poly(2) decay after a linear
+    # warm-up, global batch 8192. A starting point for torchrun runs: not reproduced on ImageNet here.
     "lars_bn": replace(
         _PAPER,
         recipe="lars_bn",
@@ -190,6 +190,7 @@ RECIPES: dict[str, TrainConfig] = {
         batch_size=8192,
         lr=2.0,
         schedule="poly",
+        warmup_epochs=2.0,  # LARS is combined with a warm-up there; its length here is our choice
         epochs=100,
         pca_std=0.0,
     ),
