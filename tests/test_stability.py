@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.engine import train_one_epoch
+from alexnet.engine import recompute_bn_stats, train_one_epoch
 from alexnet.health import above_chance, chance_warning
 from alexnet.progress import RunWarning
 from alexnet.recipes import RECIPES, TrainConfig
@@ -191,3 +191,50 @@ def test_the_paper_recipe_leaves_chance_where_the_exact_2012_setting_stays(photo
     paper = _small_paper_run(photos, tmp_path, "paper2012", epochs=3)
     assert paper[0]["train_loss"] < 1.1 * math.log(6)
     assert any(above_chance(h["val_top1"], 6, 180) for h in paper), [h["val_top1"] for h in paper]
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm statistics of the current weights
+# --------------------------------------------------------------------------------------------
+def test_recomputed_bn_statistics_are_the_average_of_the_batch_statistics():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.01)
+    model = nn.Sequential(conv, bn, nn.ReLU())
+    bn.running_mean.fill_(100.0)  # stale averages from long ago
+    loader = [(torch.randint(0, 256, (5, 3, 6, 6), dtype=torch.uint8), torch.zeros(5, dtype=torch.long), 0)
+              for _ in range(3)]  # fmt: skip
+    used = recompute_bn_stats(model, loader, lambda x: x.float() / 255, batches=2, device=torch.device("cpu"))
+    assert used == 2
+    with torch.no_grad():
+        outs = [conv(images.float() / 255) for images, _, _ in loader[:2]]  # the third batch is not used
+    mean = torch.stack([y.mean((0, 2, 3)) for y in outs]).mean(0)
+    var = torch.stack([y.var((0, 2, 3), unbiased=True) for y in outs]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+    assert bn.momentum == 0.01 and model.training  # its settings and mode are given back
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3))
+    assert recompute_bn_stats(plain, loader, lambda x: x.float(), batches=2, device=torch.device("cpu")) == 0
+
+
+def test_the_alexnet_bn_recipe_validates_on_statistics_of_the_current_weights(tiny_data, tmp_path):
+    from alexnet.checkpoint import load_checkpoint
+    from alexnet.quantize import sample_images
+
+    cfg = dataclasses.replace(
+        RECIPES["alexnet_bn"], epochs=1, batch_size=8, input_size=57, resize_size=60, workers=0, device="cpu",
+        precision="fp32", pca_std=0.0,
+    )  # fmt: skip
+    assert cfg.bn_recompute_batches > 0
+    card = fit(tiny_data, tmp_path / "run", cfg, quiet=True)["card"]
+    model, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors", map_location="cpu")
+    layers = list(model.modules())
+    bn = next(m for m in layers if isinstance(m, nn.BatchNorm2d))
+    conv, relu = layers[layers.index(bn) - 2 : layers.index(bn)]
+    assert isinstance(conv, nn.Conv2d) and isinstance(relu, nn.ReLU)  # the blog's order: BatchNorm after the ReLU
+    # relu(conv1)'s mean output on the training images by hand (centre crops: the training crops of these uniform
+    # colour images have about the same mean). Keras' momentum would have moved the running mean 3% of the way
+    # there in 3 steps.
+    images, _, _, _ = sample_images(tiny_data / "train", card, 100)
+    with torch.no_grad():
+        by_hand = torch.relu(conv(images)).mean((0, 2, 3))
+    assert 0.8 < float(bn.running_mean.norm() / by_hand.norm()) < 1.25

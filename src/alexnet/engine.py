@@ -146,6 +146,43 @@ def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> float:
     return float(nn.utils.clip_grad_norm_(params, max_norm))
 
 
+def recompute_bn_stats(
+    model: nn.Module,
+    loader: Iterable,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batches: int,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> int:
+    """Replace every BatchNorm layer's running mean and variance by the plain average of the batch statistics
+    over the first ``batches`` training batches, with the weights as they are now (PyTorch's
+    ``swa_utils.update_bn``); returns how many batches it used (0: the model has no BatchNorm).
+
+    A short run otherwise validates on exponential averages that still remember the weights of many steps ago
+    (Keras' momentum of 0.99 averages over about 100 steps).
+    """
+    from torch.optim.swa_utils import update_bn
+
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0
+    used = 0
+
+    def inputs() -> Iterator[torch.Tensor]:
+        nonlocal used
+        for images, _ in _batches(loader, Meter(), device):
+            if used == batches:
+                return
+            used += 1
+            x = augment(images)
+            yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    with torch.no_grad(), autocast(device, precision):
+        update_bn(inputs(), model)
+    return used
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,

@@ -26,7 +26,7 @@ from .checkpoint import load_training_state, model_state, read_checkpoint, read_
 from .columns import to_columns, to_grouped
 from .device import resolve_precision, sgd_kwargs, tune_cpu_allocator
 from .distributed import Context, ShardSampler, parse_devices, place_columns
-from .engine import evaluate, train_one_epoch
+from .engine import evaluate, recompute_bn_stats, train_one_epoch
 from .errors import TrainingDiverged, UserError
 from .health import chance_warning
 from .models import min_input_size
@@ -234,6 +234,8 @@ def _fit(
                     scaler=scaler, on_step=_fault_point(on_step, ctx, epoch + 1), reduce=ctx.reduce,
                     clip_grad_norm=cfg.clip_grad_norm,
                 )  # fmt: skip
+            if cfg.bn_recompute_batches:
+                _recompute_bn(model, ds, cfg, ctx, precision)
             va = _validate(model, ds, cfg, ctx, precision, report.bar(epoch, cfg.epochs, "val", len(ds.val or [])))
             schedule.step(epoch + 1, _score(tr, va))
             line = _epoch_line(epoch + 1, lr, tr, va, ds.skipped)
@@ -250,6 +252,20 @@ def _fit(
         report.warn(chance_warning(writer.history, ds.card.num_classes, _score(tr, va).images), epoch + 1)
     writer.close()
     return {"run_dir": str(run_dir), "history": writer.history, "best_top1": writer.best_top1, "card": ds.card}
+
+
+def _recompute_bn(model: nn.Module, ds: TrainData, cfg: TrainConfig, ctx: Context, precision: str) -> None:
+    """BatchNorm statistics of the current weights (see :func:`~alexnet.engine.recompute_bn_stats`), averaged
+    over the processes' shards so that every process validates, and rank 0 saves, the same ones."""
+    module = _unwrapped(model)
+    recompute_bn_stats(
+        module, ds.train, ds.augment, batches=cfg.bn_recompute_batches, device=ctx.device, precision=precision,
+        channels_last=cfg.channels_last,
+    )  # fmt: skip
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and ctx.distributed:
+            m.running_mean.copy_(ctx.sum(m.running_mean) / ctx.world)
+            m.running_var.copy_(ctx.sum(m.running_var) / ctx.world)
 
 
 def _validate(
