@@ -225,12 +225,14 @@ def test_a_val_split_of_a_prepared_folder_holds_the_images_the_folder_split_hold
 # --------------------------------------------------------------------------------------------
 def test_training_on_a_prepared_dataset_gives_the_weights_its_folder_gives_and_evaluates(tiny_data, tmp_path):
     """Prepared at the model's resize size, the stored pixels are the folder pipeline's own: with the same
-    seed (and PCA lighting off, since its statistics come from different samples) the runs are equal."""
+    seed the runs are equal, PCA lighting included (its statistics come from the images as served)."""
     dst = tmp_path / "prepared"
     assert main(["prepare", str(tiny_data), str(dst), "--size", "36", "--workers", "0", "-q"]) == 0
-    flags = {"epochs": 1, "batch_size": 8, "pca_std": 0.0, "workers": 0, "device": "cpu", "precision": "fp32"}
-    fit(tiny_data, tmp_path / "folder", resolve_config("small", None, flags), quiet=True)
-    args = ["--recipe", "small", "--epochs", "1", "--batch-size", "8", "--pca-std", "0", "--workers", "0"]
+    flags = {"epochs": 1, "batch_size": 8, "workers": 0, "device": "cpu", "precision": "fp32"}
+    cfg = resolve_config("small", None, flags)
+    assert cfg.pca_std > 0 and cfg.pca == "dataset"
+    fit(tiny_data, tmp_path / "folder", cfg, quiet=True)
+    args = ["--recipe", "small", "--epochs", "1", "--batch-size", "8", "--workers", "0"]
     args += ["--device", "cpu", "--precision", "fp32", "--output", str(tmp_path / "p"), "-q"]
     assert main(["train", str(dst), *args]) == 0
     a, _ = read_checkpoint(tmp_path / "folder" / "checkpoints" / "last.safetensors")

@@ -443,14 +443,17 @@ def compute_pca(
     n_samples: int = 1000,
     seed: int = 0,
     size: int | None = 256,
+    *,
+    as_served: bool = False,
 ) -> PCA:
     """Eigen-decomposition of the RGB pixel covariance (pixels in [0, 1]) over a seeded sample of images.
 
     An :class:`ImageFolderDataset` (or a list of paths) is read from its files, shrunk so the shorter side is
-    at most ``size`` (the paper's 256 down-sampled images); any other dataset's items ``(image, target)`` are
-    used as they come. Eigenvalues descending; each eigenvector (a column) has its largest component positive.
+    at most ``size`` (the paper's 256 down-sampled images), unless ``as_served``; any other dataset's items
+    ``(image, target)`` are used as they come. Eigenvalues descending; each eigenvector (a column) has its
+    largest component positive.
     """
-    paths = getattr(dataset_or_paths, "samples", None)
+    paths = None if as_served else getattr(dataset_or_paths, "samples", None)
     if paths is not None:
         items: Sequence[Any] = [p for p, _ in paths]
     elif isinstance(dataset_or_paths, Dataset):
@@ -487,7 +490,9 @@ def compute_pca(
 
 
 def load_or_compute_pca(run_dir: str | os.PathLike, train_ds: Dataset, *, n_samples: int = 1000, seed: int = 0) -> PCA:
-    """The training set's PCA from ``run_dir/pca.json``, computed (and written atomically) the first time."""
+    """The training set's PCA from ``run_dir/pca.json``, computed (and written atomically) the first time
+    from the images as ``train_ds`` serves them: the down-sampled images training sees, so an image folder
+    and its prepared dataset give the same statistics."""
     path = Path(run_dir) / "pca.json"
     if path.exists():
         try:
@@ -495,7 +500,7 @@ def load_or_compute_pca(run_dir: str | os.PathLike, train_ds: Dataset, *, n_samp
             return PCA(torch.tensor(saved["eigval"]), torch.tensor(saved["eigvec"]))
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot read {path} ({_reason(e)}); delete it to recompute") from e
-    pca = compute_pca(train_ds, n_samples=n_samples, seed=seed)
+    pca = compute_pca(train_ds, n_samples=n_samples, seed=seed, as_served=True)
     record = {
         "eigval": pca.eigval.tolist(),
         "eigvec": pca.eigvec.tolist(),
