@@ -16,7 +16,7 @@ import torch
 
 from alexnet import create_model, to_columns
 from alexnet.checkpoint import read_checkpoint
-from alexnet.distributed import ShardSampler, place_columns
+from alexnet.distributed import Context, ShardSampler, place_columns
 from alexnet.errors import UserError
 from alexnet.optim import LARS, lars_param_groups
 from alexnet.recipes import RECIPES
@@ -141,10 +141,11 @@ def test_a_run_resumes_on_another_number_of_processes(data, tmp_path):
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(data, tmp_path):
-    result = _torchrun(2, [str(data), *EXACT, "--epochs", "1", "--batch-size", "7", "--output", str(tmp_path / "r")])
-    assert result.returncode != 0 and "--batch-size 7 (the global batch) does not split evenly over 2 processes" in (
-        result.stderr
-    )
+    from alexnet.train import _fit
+
+    cfg = dataclasses.replace(RECIPES["small"], batch_size=7, workers=0, device="cpu")
+    with pytest.raises(UserError, match=r"--batch-size 7 \(the global batch\) does not split evenly over 2 processes"):
+        _fit(Context(rank=0, world=2), data, tmp_path / "r", cfg, resume=False, quiet=True)  # before any collective
 
 
 # ------------------------------------------------------------------------------------------- model parallel
