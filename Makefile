@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python -m alexnet.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --readme README.md
