@@ -262,8 +262,10 @@ def _recompute_bn(model: nn.Module, ds: TrainData, cfg: TrainConfig, ctx: Contex
         module, ds.train, ds.augment, batches=cfg.bn_recompute_batches, device=ctx.device, precision=precision,
         channels_last=cfg.channels_last,
     )  # fmt: skip
+    if not ctx.distributed:
+        return
     for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and ctx.distributed:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(ctx.sum(m.running_mean) / ctx.world)
             m.running_var.copy_(ctx.sum(m.running_var) / ctx.world)
 
