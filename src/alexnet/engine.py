@@ -7,6 +7,7 @@ workers only read and decode.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -171,9 +172,7 @@ def recompute_bn_stats(
 
     def inputs() -> Iterator[torch.Tensor]:
         nonlocal used
-        for images, _ in _batches(loader, Meter(), device):
-            if used == batches:
-                return
+        for images, _ in itertools.islice(_batches(loader, Meter(), device), batches):
             used += 1
             x = augment(images)
             yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
