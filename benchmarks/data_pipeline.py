@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 
 from alexnet import data, prepared
+from alexnet.bench_report import write_block
 from alexnet.card import IMAGENET_MEAN, IMAGENET_STD
 from alexnet.prepare import DEFAULT_ENCODING, PrepareOptions, prepare_dataset
 
@@ -278,17 +279,6 @@ def format_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path, block: str) -> bool:
-    text = path.read_text()
-    start, end = MARKERS
-    if start not in text or end not in text:
-        return False
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{block}\n{end}{tail}")
-    return True
-
-
 def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=320, help="JPEGs to generate (default: %(default)s)")
@@ -316,7 +306,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     print(block)
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
-    if args.readme and not update_readme(Path(args.readme), block):
+    if args.readme and not write_block(args.readme, *MARKERS, block):
         log(f"{args.readme} has no {MARKERS[0]} ... {MARKERS[1]} block: not updated")
     if args.json:
         rows = [{k: r[k] for k in ("pipeline", "images_per_s_per_core", "bytes_per_image")} for r in result["rows"]]

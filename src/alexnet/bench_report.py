@@ -10,7 +10,7 @@ from typing import Any
 
 from .machine import describe_machine
 
-__all__ = ["START", "END", "best_rows", "format_table", "markdown_report", "update_readme"]
+__all__ = ["START", "END", "best_rows", "format_table", "markdown_report", "update_readme", "write_block"]
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 _GOALS = {("inference", 64): 2.5, ("inference", 1): 2.0, ("train", 64): 2.5}  # the project's targets
@@ -140,16 +140,26 @@ def _int8_lines(result: dict[str, Any], reference: str = "onednn-bf16") -> list[
     return lines
 
 
-def update_readme(path: str | os.PathLike, result: dict[str, Any]) -> None:
-    """Replace the block between the bench markers in ``path`` (appending a section if it has none)."""
+def write_block(path: str | os.PathLike, start: str, end: str, body: str, *, heading: str | None = None) -> bool:
+    """Replace what stands between the ``start`` and ``end`` markers of ``path`` by ``body`` (written
+    atomically); without the markers, append a ``heading`` section holding them, or (no heading) leave the
+    file alone and return False."""
     from .files import atomic_write_bytes
 
     path = Path(path)
     text = path.read_text() if path.exists() else ""
-    block = f"{START}\n{markdown_report(result)}\n{END}"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.DOTALL)
+    block = f"{start}\n{body}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _m: block, text, count=1)
+    elif heading is not None:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + f"## {heading}\n\n{block}\n"
     else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + f"## Benchmark\n\n{block}\n"
+        return False
     atomic_write_bytes(path, text.encode())
+    return True
+
+
+def update_readme(path: str | os.PathLike, result: dict[str, Any]) -> None:
+    """Replace the block between the bench markers in ``path`` (appending a section if it has none)."""
+    write_block(path, START, END, markdown_report(result), heading="Benchmark")
