@@ -253,6 +253,22 @@ def test_alexnet2012_paper_initialisation(paper: nn.Module) -> None:
         assert torch.equal(bias, torch.full_like(bias, expected)), name
 
 
+def test_alexnet2012_kaiming_initialisation_is_he_normal() -> None:
+    # He et al. 2015 as torch defines the fans: N(0, 2 / (out_channels * kh * kw)) for the convolutions,
+    # N(0, 2 / in_features) for fc6/fc7, and the output layer N(0, 0.01); every bias 0.
+    torch.manual_seed(3)
+    model = create_model("alexnet2012", init="kaiming")
+    named = {n: m for n, m in list(model.features.named_children()) + list(model.classifier.named_children())}
+    shapes = {"conv1": (96, 11), "conv2": (256, 5), "conv3": (384, 3), "conv4": (384, 3), "conv5": (256, 3)}
+    want = {name: math.sqrt(2 / (out * k * k)) for name, (out, k) in shapes.items()}
+    want |= {"fc6": math.sqrt(2 / 9216), "fc7": math.sqrt(2 / 4096), "fc8": 0.01}
+    for name, std in want.items():
+        w = named[name].weight.detach().double()
+        assert w.std().item() == pytest.approx(std, rel=0.02), name
+        assert abs(w.mean().item()) < 6 * std / math.sqrt(w.numel()), name
+        assert not named[name].bias.any(), name
+
+
 # ------------------------------------------------------------------------------------------ torchvision
 def test_torchvision_state_dict_loads_strictly_and_outputs_match(tv_pair: tuple[nn.Module, nn.Module]) -> None:
     ours, ref = tv_pair

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_paper2012_differs_from_the_exact_setting_only_in_the_named_departures()
     assert changed <= {"recipe", *DEPARTURES}
     assert (paper.model, paper.init, paper.lr, paper.momentum, paper.weight_decay, paper.batch_size) == (
         "alexnet2012",
-        "caffe",
+        "kaiming",
         0.01,
         0.9,
         5e-4,
@@ -188,8 +189,10 @@ def test_the_paper_recipe_leaves_chance_where_the_exact_2012_setting_stays(photo
         exact = _small_paper_run(photos, tmp_path, "paper2012_exact", epochs=1)
     assert exact[0]["train_loss"] > 1.5 * math.log(6)  # the blow-up of the first steps
     assert not any(above_chance(h["val_top1"], 6, 180) for h in exact)
-    paper = _small_paper_run(photos, tmp_path, "paper2012", epochs=3)
-    assert paper[0]["train_loss"] < 1.1 * math.log(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RunWarning)  # neither a blow-up nor a stall
+        paper = _small_paper_run(photos, tmp_path, "paper2012", epochs=2)
+    assert paper[0]["train_loss"] < 1.5 * math.log(6)
     assert any(above_chance(h["val_top1"], 6, 180) for h in paper), [h["val_top1"] for h in paper]
 
 

@@ -422,7 +422,8 @@ def init_weights(model: AlexNet, scheme: str) -> None:
     - ``torch``: PyTorch's default ``reset_parameters`` (what torchvision's AlexNet uses).
     - ``kaiming``: He et al. 2015 normal init (ReLU gain; fan-out for the convolutions, fan-in for fc6
       and fc7), N(0, 0.01) for the output layer, zero biases. Keeps the activations' scale through the
-      whole network, so a fresh network learns from the first epoch; the small variant's default.
+      whole network, so a fresh network learns from the first epoch; the small variant's default, and
+      the paper2012 recipe's.
     """
     if scheme == "torch":
         return

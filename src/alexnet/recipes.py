@@ -147,14 +147,17 @@ RECIPES: dict[str, TrainConfig] = {
     # whenever validation error stops improving, about 90 epochs; random crops, flips, fancy PCA; with four
     # named departures that keep it from collapsing to chance on data with few classes (all four off is
     # "paper2012_exact"):
-    # - init "caffe" (biases 0.1 instead of 1, fc6/fc7 std 0.005): with biases 1 every fc7 unit is about
-    #   the same for every image, and a step at lr 0.01 moves all logits together by ~lr * |fc7|^2 / classes,
-    #   past SGD's stability limit when there are tens of classes instead of 1000: the logits oscillate and
-    #   the saturated softmax kills most conv5/fc6/fc7 ReLUs for good within 20 steps;
-    # - clip_grad_norm 5: Caffe's init still blows up later, as the features grow;
+    # - init "kaiming" (He et al. 2015; zero biases) instead of N(0, 0.01) with biases 1: with biases 1 every
+    #   fc7 unit is about the same for every image, and a step at lr 0.01 moves all logits together by
+    #   ~lr * |fc7|^2 / classes, past SGD's stability limit when there are tens of classes instead of 1000:
+    #   the logits oscillate and the saturated softmax kills most conv5/fc6/fc7 ReLUs for good within 20
+    #   steps. Caffe's biases of 0.1 avoid that but shrink the image's signal layer by layer, so the
+    #   network sits near chance for its first epochs; He's scaling keeps it from the first step;
+    # - clip_grad_norm 5: He's init starts with gradient norms of 20-70 (a step of lr * |g| would throw the
+    #   weights as far as the biases of 1 do); clipped, each step has a bounded length;
     # - plateau_min_epochs 4, plateau_after_learning: no lr/10 in the first epochs, nor while validation
     #   top-1 has never been clearly above chance (a network at chance has no plateau).
-    "paper2012": replace(_PAPER, init="caffe", clip_grad_norm=5.0, plateau_min_epochs=4, plateau_after_learning=True),
+    "paper2012": replace(_PAPER, init="kaiming", clip_grad_norm=5.0, plateau_min_epochs=4, plateau_after_learning=True),
     # The 2012 setting exactly: the paper's init (biases 1), no clipping, the plain plateau rule.
     "paper2012_exact": replace(_PAPER, recipe="paper2012_exact"),
     # torchvision's references/classification recipe for alexnet (8 GPUs x batch 32): lr 0.01,
