@@ -17,7 +17,7 @@ fancy PCA, the model's normalisation) and, at every step, per layer (conv1..conv
 plus the loss, the gradient norm of the whole network and the learning rate used. A table of the
 ``--show`` steps is printed for each run; ``--json`` keeps every step.
 
-    python benchmarks/diagnose_init.py                      # alexnet2012, paper vs caffe init, fp32 vs bf16
+    python benchmarks/diagnose_init.py                      # alexnet2012: paper, caffe and kaiming init, fp32 and bf16
     python benchmarks/diagnose_init.py --inits paper --precisions bf16 --warmup-steps 50
     python benchmarks/diagnose_init.py --clip-grad-norm 5 --json diag.json
 """
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="photos", help="image folder, or a bundled dataset name (default: photos)")
     p.add_argument("--model", default="alexnet2012")
-    p.add_argument("--inits", default="paper,caffe", help="comma-separated init schemes")
+    p.add_argument("--inits", default="paper,caffe,kaiming", help="comma-separated init schemes")
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (CPU autocast)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
