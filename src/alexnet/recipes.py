@@ -153,8 +153,9 @@ RECIPES: dict[str, TrainConfig] = {
     #   the logits oscillate and the saturated softmax kills most conv5/fc6/fc7 ReLUs for good within 20
     #   steps. Caffe's biases of 0.1 avoid that but shrink the image's signal layer by layer, so the
     #   network sits near chance for its first epochs; He's scaling keeps it from the first step;
-    # - clip_grad_norm 5: He's init starts with gradient norms of 20-70 (a step of lr * |g| would throw the
-    #   weights as far as the biases of 1 do); clipped, each step has a bounded length;
+    # - clip_grad_norm 5: He's init starts with gradient norms of about 40; unclipped, its first steps
+    #   overshoot (loss 1.5x chance) and the run collapses a few epochs later; clipped, no step is longer
+    #   than lr * 5 before momentum;
     # - plateau_min_epochs 4, plateau_after_learning: no lr/10 in the first epochs, nor while validation
     #   top-1 has never been clearly above chance (a network at chance has no plateau).
     "paper2012": replace(_PAPER, init="kaiming", clip_grad_norm=5.0, plateau_min_epochs=4, plateau_after_learning=True),
