@@ -78,6 +78,22 @@ def test_each_epoch_has_its_own_order_and_the_same_on_every_run():
     assert list(ShardSampler(6, seed=1, shuffle=False)) == list(range(6))
 
 
+def test_each_process_draws_its_own_augmentation_and_the_same_again_for_the_same_epoch():
+    def draws(rank: int, epoch: int) -> torch.Tensor:
+        Context(rank=rank, world=2).seed(seed=3, epoch=epoch)
+        return torch.rand(8)
+
+    rank0, rank1 = draws(0, epoch=5), draws(1, epoch=5)
+    assert not torch.equal(rank0, rank1)  # two processes flip and crop different images differently
+    assert torch.equal(draws(1, epoch=5), rank1) and torch.equal(draws(0, epoch=5), rank0)  # a resume repeats them
+    assert not torch.equal(draws(0, epoch=6), rank0)
+
+
+def test_only_rank_0_is_the_main_process():
+    assert Context().is_main and Context(rank=0, world=2).is_main
+    assert not Context(rank=1, world=2).is_main and not Context(rank=3, world=4).is_main
+
+
 # ------------------------------------------------------------------------------------------- data parallel
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
@@ -203,6 +219,20 @@ def test_lars_follows_its_formula_with_the_trust_ratio_and_excluded_biases():
         b = b - v_b
     torch.testing.assert_close(layer.weight.detach(), w, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(layer.bias.detach(), b, rtol=1e-6, atol=1e-7)
+
+
+def test_lars_takes_the_plain_step_where_a_weight_or_its_gradient_is_zero():
+    lr, decay = 0.5, 0.1
+    zero_w = torch.nn.Parameter(torch.zeros(2, 3))  # a zero-initialised layer: ||w|| = 0
+    zero_g = torch.nn.Parameter(torch.full((2, 2), 2.0))  # a layer whose gradient is 0 this step
+    opt = LARS([{"params": [zero_w, zero_g], "weight_decay": decay, "lars": True}], lr=lr, weight_decay=decay)
+    zero_w.grad = torch.tensor([[1.0, -2.0, 3.0], [0.5, 0.0, -1.0]])
+    zero_g.grad = torch.zeros(2, 2)
+    opt.step()
+    # trust 1: w - lr * (g + decay * w); a trust of eta * 0 / ||g|| would leave the zero weight stuck at 0,
+    # and eta * ||w|| / (0 + decay * ||w||) = eta / decay would scale the decay step by 0.01 instead of 1
+    torch.testing.assert_close(zero_w.detach(), torch.tensor([[-0.5, 1.0, -1.5], [-0.25, 0.0, 0.5]]))
+    torch.testing.assert_close(zero_g.detach(), torch.full((2, 2), 2.0 - 0.5 * 0.1 * 2.0))  # 1.9
 
 
 def test_lars_groups_put_batchnorm_and_biases_outside_the_adaptation():

@@ -16,6 +16,7 @@ from alexnet.engine import recompute_bn_stats, train_one_epoch
 from alexnet.health import above_chance, chance_warning
 from alexnet.progress import RunWarning
 from alexnet.recipes import RECIPES, TrainConfig
+from alexnet.registry import get_spec
 from alexnet.schedule import EpochScore, make_schedule
 from alexnet.train import fit
 
@@ -43,6 +44,32 @@ def test_paper2012_differs_from_the_exact_setting_only_in_the_named_departures()
     )
 
 
+def test_paper2012s_departures_are_the_ones_the_readme_names_field_by_field():
+    paper, exact = RECIPES["paper2012"], RECIPES["paper2012_exact"]
+    # the departures table: init paper -> kaiming, clip_grad_norm 0 -> 5, plateau_min_epochs 0 -> 4,
+    # plateau_after_learning off -> on; warm-up off in both
+    assert (paper.init, paper.clip_grad_norm, paper.plateau_min_epochs, paper.plateau_after_learning) == (
+        "kaiming",
+        5.0,
+        4,
+        True,
+    )
+    assert (exact.clip_grad_norm, exact.plateau_min_epochs, exact.plateau_after_learning) == (0.0, 0, False)
+    assert exact.init in ("", "paper") and paper.warmup_epochs == exact.warmup_epochs == 0.0
+    # what both keep: the paper's schedule, 90 epochs, shorter side 256, random 227 crops, flips, PCA sigma 0.1
+    for cfg in (paper, exact):
+        assert (cfg.schedule, cfg.plateau_factor, cfg.epochs, cfg.optimizer, cfg.nesterov) == (
+            "plateau",
+            0.1,
+            90,
+            "sgd",
+            False,
+        )
+        assert (cfg.model, cfg.resize_size, cfg.input_size, cfg.flip, cfg.pca_std) == ("alexnet2012", 0, 0, True, 0.1)
+    card = get_spec("alexnet2012").card  # the sizes 0 stands for
+    assert (card.resize_size, card.input_size) == (256, 227)
+
+
 def _optimizer(lr: float = 0.1) -> torch.optim.Optimizer:
     return torch.optim.SGD([nn.Parameter(torch.zeros(3))], lr=lr)
 
@@ -64,6 +91,13 @@ def test_linear_warmup_ramps_the_lr_over_its_steps_then_leaves_it_alone():
     opt.param_groups[0]["lr"] = 0.01  # an epoch schedule after the warm-up is not undone
     schedule.step_update()
     assert opt.param_groups[0]["lr"] == 0.01
+
+
+def test_a_fractional_warmup_rounds_its_steps_up():
+    opt = _optimizer(0.3)
+    cfg = dataclasses.replace(TrainConfig(), lr=0.3, warmup_epochs=0.25, schedule="constant")
+    schedule = make_schedule(cfg, opt, steps_per_epoch=10, num_classes=3)  # 2.5 steps -> 3: lr/3, 2lr/3, lr
+    assert _lrs_of_steps(schedule, opt, 5) == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.3])
 
 
 def test_a_resumed_run_continues_the_warmup_ramp_where_it_was():
@@ -124,6 +158,21 @@ def test_chance_warning_names_a_blow_up_and_two_epochs_at_chance():
     assert "train loss" in chance_warning([no_val, no_val], k, 1200)
 
 
+def test_the_blow_up_warning_starts_at_one_and_a_half_times_chance():
+    k, chance = 12, math.log(12)  # 2.4849
+    assert "blew up" in chance_warning([_line(1.6 * chance, 2.0, 0.5)], k, 360)  # 3.976 > 1.5 x 2.4849 = 3.727
+    assert chance_warning([_line(1.4 * chance, 2.0, 0.5)], k, 360) is None  # 3.479 < 3.727
+
+
+def test_one_epoch_at_chance_after_a_learning_epoch_is_no_warning():
+    k = 12
+    learning = _line(2.47, 2.43, 0.169)  # 16.9% > 1/12 + 3 x 1.46% = 12.7%: clearly above chance
+    at_chance = _line(2.49, 2.48, 0.083)  # |2.48 - ln 12| = 0.005 < 3% of 2.4849, top-1 at 1/12
+    # the loss rose (2.43 -> 2.48): no longer falling, but only the last epoch sits at chance
+    assert chance_warning([learning, at_chance], k, 360) is None
+    assert "at chance for two epochs" in chance_warning([learning, at_chance, at_chance], k, 360)
+
+
 def _plateau_cuts(cfg: TrainConfig, scores: list[EpochScore]) -> list[int]:
     opt = _optimizer(0.1)
     schedule = make_schedule(cfg, opt, steps_per_epoch=10, num_classes=12)
@@ -146,6 +195,15 @@ def test_plateau_rule_waits_for_min_epochs_and_for_learning():
     assert _plateau_cuts(gated, [flat] * 10) == [8]  # watched from epoch 5 on: best at 5, patience 2
     assert _plateau_cuts(dataclasses.replace(paper, plateau_min_epochs=4), [flat] * 10) == [8]
     assert _plateau_cuts(dataclasses.replace(paper, plateau_after_learning=True), [at_chance] * 3 + [flat] * 5) == [7]
+
+
+def test_once_the_network_has_left_chance_the_plateau_rule_keeps_watching_when_it_falls_back():
+    at_chance = EpochScore(error=1 - 0.083, top1=0.083, images=360)
+    learned = EpochScore(error=0.5, top1=0.5, images=360)
+    cfg = dataclasses.replace(TrainConfig(), plateau_patience=1, plateau_after_learning=True)
+    # epoch 1 is not watched (never learned); epoch 2 sets the best error 0.5; epochs 3, 4 are worse: the second
+    # bad epoch exceeds patience 1 -> cut at 4 (the count restarts); epochs 5, 6 worse again -> cut at 6
+    assert _plateau_cuts(cfg, [at_chance, learned, at_chance, at_chance, at_chance, at_chance]) == [4, 6]
 
 
 def test_a_run_at_chance_warns_and_keeps_its_lr(tiny_data, tmp_path):
