@@ -412,3 +412,66 @@ def test_strict_with_workers_raises_the_one_line_error_in_the_main_process(tmp_p
         list(_batches(loader, Meter(), torch.device("cpu")))
     message = str(info.value)
     assert message.startswith(f"unreadable image {tmp_path / 'a' / 'broken.jpg'}") and "\n" not in message
+
+
+# --------------------------------------------------------------------------------------------
+# What is decoded at all: raster formats only, and no shape whose resize would be huge
+# --------------------------------------------------------------------------------------------
+def _eps(path: Path) -> Path:
+    """A PostScript file (PIL writes one without Ghostscript; reading its pixels would run Ghostscript)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(path, format="EPS")
+    return path
+
+
+@pytest.fixture
+def ghostscript_calls(monkeypatch) -> list:
+    """Every call PIL makes to Ghostscript, refused (so a test never runs the program)."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise OSError("Ghostscript was called")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", refuse)
+    return calls
+
+
+def test_postscript_under_an_image_name_is_skipped_and_never_handed_to_ghostscript(tmp_path, ghostscript_calls):
+    _folder(tmp_path, {"a": 2, "b": 2})
+    eps = _eps(tmp_path / "a" / "drawing.jpg")
+    with pytest.warns(DataWarning, match="drawing.jpg"):
+        ds = ImageFolderDataset(tmp_path, decode_transform(8))
+    assert [p for p, _ in ds.skipped] == [eps]
+    with pytest.raises(OSError, match="cannot identify image file"):
+        load_rgb(eps)
+    assert ghostscript_calls == []
+
+
+def test_the_formats_decoded_are_one_list_of_raster_formats_and_the_extensions_follow_it():
+    from alexnet import data
+
+    assert {"JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP", "TGA"} <= set(data.RASTER_FORMATS)
+    assert not {"EPS", "WMF", "MPEG", "PDF", "BUFR", "GRIB", "HDF5", "FITS"} & set(data.RASTER_FORMATS)
+    assert ".eps" not in data.IMG_EXTENSIONS and ".ps" not in data.IMG_EXTENSIONS and ".jpg" in data.IMG_EXTENSIONS
+
+
+def test_an_image_of_extreme_aspect_is_refused_from_its_header_and_skipped(tmp_path):
+    """1x600,000 pixels is 1.8 kB of PNG and passes any pixel limit, but its shorter side resized to 256 makes
+    the longer 153.6 million pixels: refused before decoding, and skipped by the folder loader."""
+    from alexnet import data
+
+    _folder(tmp_path, {"a": 2, "b": 2})
+    thin = tmp_path / "a" / "thin.png"
+    Image.new("L", (600_000, 1)).save(thin)
+    assert thin.stat().st_size < 4000
+    with pytest.raises(data.ImageShapeError, match="600000x1 .*over the limit"):
+        load_rgb(thin)
+    wide = tmp_path / "b" / "panorama.png"  # a wide panorama is still an image
+    Image.new("RGB", (data.MAX_ASPECT * 3, 3)).save(wide)
+    assert load_rgb(wide).size == (data.MAX_ASPECT * 3, 3)
+    with pytest.warns(DataWarning, match="thin.png"):
+        ds = ImageFolderDataset(tmp_path, decode_transform(8))
+    assert [p for p, _ in ds.skipped] == [thin] and wide in {p for p, _ in ds.samples}

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ from .transforms import IMAGENET_PCA, PCA, batch_augment, decode_transform
 __all__ = [
     "DataWarning",
     "IMG_EXTENSIONS",
+    "RASTER_FORMATS",
+    "MAX_ASPECT",
+    "ImageShapeError",
+    "check_shape",
     "load_rgb",
     "image_files",
     "ImageFolderDataset",
@@ -56,9 +60,28 @@ class DataWarning(UserWarning):
     """An image was skipped (unreadable at scan or load time)."""
 
 
+class ImageShapeError(ValueError):
+    """An image refused for its shape before decoding: resized, it would be far too large."""
+
+
 # What PIL raises on a bad file: UnidentifiedImageError and truncation are OSErrors; broken chunks raise
-# SyntaxError; odd modes ValueError; oversized images DecompressionBombError.
+# SyntaxError; odd modes ValueError; oversized images DecompressionBombError; ImageShapeError is a ValueError.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+# The formats PIL decodes itself, from pixels. Left out: EPS (PIL runs Ghostscript on it), WMF/EMF, BUFR,
+# GRIB, HDF5 (they need a handler from outside), MPEG (identified, never decoded), FITS (scientific data).
+_RASTER = (
+    "AVIF", "BLP", "BMP", "CUR", "DCX", "DDS", "DIB", "FLI", "FTEX", "GBR", "GIF", "ICNS", "ICO", "IM", "IMT",
+    "IPTC", "JPEG", "JPEG2000", "MCIDAS", "MSP", "PCD", "PCX", "PIXAR", "PNG", "PPM", "PSD", "QOI", "SGI",
+    "SPIDER", "SUN", "TGA", "TIFF", "WEBP", "XBM", "XPM", "XVTHUMB",
+)  # fmt: skip
+Image.init()
+# Every Image.open names them: content in another format is refused whatever the file is called.
+RASTER_FORMATS = tuple(f for f in _RASTER if f in Image.OPEN)
+
+# Longer side over shorter: the shorter side is scaled to the resize size and the longer follows, so a
+# 1x600,000 strip (2 kB of PNG) would become 256 x 153.6 million pixels; wide panoramas stay well under it.
+MAX_ASPECT = 100
 
 
 def _reason(e: BaseException) -> str:
@@ -80,13 +103,29 @@ def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` to an RGB PIL image (EXIF orientation applied, as a viewer shows it).
+def check_shape(width: int, height: int) -> None:
+    """Raise :class:`ImageShapeError` for an image whose longer side is over :data:`MAX_ASPECT` times its
+    shorter (or that has no pixels)."""
+    if min(width, height) < 1:
+        raise ImageShapeError(f"an image of {width}x{height} pixels")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageShapeError(
+            f"{width}x{height} pixels is over the limit of {MAX_ASPECT}:1 between its sides (resized, its longer "
+            "side would be too large)"
+        )
 
-    Grayscale, palette, CMYK and 16-bit images are converted; images with transparency (RGBA, LA, palette
-    with a transparent colour) are composited on white. Raises what PIL raises for unreadable files.
+
+def load_rgb(path: str | os.PathLike | IO[bytes]) -> Image.Image:
+    """Decode ``path`` (a file name or a binary file) to an RGB PIL image (EXIF orientation applied, as a
+    viewer shows it).
+
+    Only :data:`RASTER_FORMATS` are decoded, and only shapes :func:`check_shape` accepts (checked from the
+    header, before decoding). Grayscale, palette, CMYK and 16-bit images are converted; images with
+    transparency (RGBA, LA, palette with a transparent colour) are composited on white. Raises what PIL
+    raises for unreadable files.
     """
-    with Image.open(path) as im:
+    with Image.open(path, formats=RASTER_FORMATS) as im:
+        check_shape(*im.size)
         im = ImageOps.exif_transpose(im)
         if im.mode.startswith("I") or im.mode == "F":
             im = _high_bit_depth_to_l(im)
@@ -101,11 +140,9 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 # The dataset
 # --------------------------------------------------------------------------------------------
 def _image_extensions() -> tuple[str, ...]:
-    """torchvision's list plus every raster format this PIL opens: the promise is "any image PIL reads".
-    Formats PIL only recognises (it needs an outside handler or program to decode them) are left out."""
-    Image.init()
-    stubs = {".bufr", ".grib", ".h5", ".hdf", ".fit", ".fits", ".eps", ".ps", ".emf", ".wmf", ".mpeg", ".mpg"}
-    opened = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN} - stubs
+    """torchvision's list plus the names of every format in :data:`RASTER_FORMATS`: the promise is "any
+    image PIL reads" (formats PIL only recognises, or decodes with an outside program, are left out)."""
+    opened = {ext for ext, fmt in Image.registered_extensions().items() if fmt in RASTER_FORMATS}
     return tuple(sorted(set(TORCHVISION_EXTENSIONS) | opened))
 
 
@@ -158,7 +195,8 @@ def image_files(folder: Path, *, within: Path | None = None) -> list[Path]:
 def _check_image(path: Path) -> str | None:
     """``None`` if PIL can identify and verify ``path`` (headers and checksums, no full decode)."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=RASTER_FORMATS) as im:
+            check_shape(*im.size)
             im.verify()
     except DECODE_ERRORS as e:
         return _reason(e)
