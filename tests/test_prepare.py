@@ -279,6 +279,28 @@ def test_a_resumed_prepare_redoes_the_shards_whose_sources_changed_since(source,
     assert _files(tmp_path / "dst") == _files(tmp_path / "straight")
 
 
+def test_a_source_edited_in_place_at_the_same_size_is_converted_again_on_resume(tmp_path):
+    src = tmp_path / "src"
+    for name in ("a", "b"):
+        (src / name).mkdir(parents=True)
+        for i in range(3):  # BMP: the file size depends only on the image size
+            Image.fromarray(_smooth(20, 30)).save(src / name / f"{i}.bmp")
+    edited = src / "a" / "0.bmp"
+    options = PrepareOptions(size=10, shard_images=2)  # shards [a/0, a/1], [a/2, b/0], [b/1, b/2]
+    (src / "b" / "2.bmp").write_bytes(b"broken")
+    with pytest.raises(UserError, match="unreadable image"):  # --strict stops at the last shard, keeping two
+        prepare_dataset(src, tmp_path / "dst", options, workers=0, strict=True, quiet=True)
+    Image.fromarray(_smooth(20, 30)).save(src / "b" / "2.bmp")
+    before = edited.stat()
+    Image.fromarray(_smooth(20, 30)).save(edited)  # other pixels, the same number of bytes, a later mtime
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert edited.stat().st_size == before.st_size
+    result = prepare_dataset(src, tmp_path / "dst", options, workers=0, quiet=True)
+    assert result["converted"] == 4  # the last shard, and the first, written from the old pixels
+    prepare_dataset(src, tmp_path / "straight", options, workers=0, quiet=True)
+    assert _files(tmp_path / "dst") == _files(tmp_path / "straight")
+
+
 def test_a_full_disk_is_one_clear_error_and_leaves_no_half_shard(source, tmp_path, monkeypatch):
     src, _ = source
 
