@@ -7,10 +7,12 @@ import asyncio
 import io
 import os
 import shutil
+import socket
 import struct
 import time
 import zlib
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -159,6 +161,36 @@ def test_bad_uploads_get_a_4xx_with_a_json_error_naming_the_file(client):
     assert _post(client, good).status_code == 200  # the server is still serving
 
 
+def test_postscript_is_refused_as_not_an_image_and_never_reaches_ghostscript(client, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: calls.append(args) or 1 / 0)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="EPS")
+    r = _post(client, buf.getvalue(), name="drawing.eps")
+    assert r.status_code == 415 and r.json()["error"].startswith("drawing.eps: not an image"), r.text
+    assert calls == []
+
+
+def test_an_image_of_extreme_aspect_is_refused_by_serve_and_predict_before_it_is_resized(client, clf, tmp_path):
+    """1x20,000 pixels (a few hundred bytes of PNG) is far under the pixel limit; resized to the card's 40 px
+    shorter side it would be 40x800,000. serve answers 422 in JSON, predict gives that file an error."""
+    from alexnet.inference import predict_files
+
+    buf = io.BytesIO()
+    Image.new("L", (20_000, 1)).save(buf, format="PNG")
+    r = _post(client, buf.getvalue(), name="strip.png")
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].startswith("strip.png: 20000x1 pixels is over the limit of 100:1")
+    (tmp_path / "strip.png").write_bytes(buf.getvalue())
+    _, good = photo(9)
+    (tmp_path / "good.png").write_bytes(good)
+    results = predict_files(clf, [tmp_path / "strip.png", tmp_path / "good.png"], precision="fp32")
+    assert "over the limit of 100:1" in results[0]["error"] and "top" not in results[0]
+    assert len(results[1]["top"]) == 5
+
+
 def test_requests_without_an_image_or_with_too_many_files(client):
     _, raw = photo(6)
     assert client.post("/predict").json()["error"].startswith("no image")
@@ -265,6 +297,64 @@ def test_a_bounded_load_test_on_loopback_has_no_errors_and_flat_memory(clf):
     assert after_bombs - after < 40e6, f"memory grew by {(after_bombs - after) / 1e6:.0f} MB over 48 bombs"
     print(f"\n400 requests, 16 at a time: {result['requests_per_s']:.0f} req/s, p50 {result['p50_ms']:.1f} ms, "
           f"p99 {result['p99_ms']:.1f} ms; memory {(after - before) / 1e6:+.1f} MB")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- slow clients
+def _connect(port: int, source: str, sent: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    sock.sendall(sent)
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a timeout if it does not). A server that
+    closes with our request unread resets the connection, which may drop its answer: then b""."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        return b""
+    return b"".join(chunks)
+
+
+HALF_HEADERS = b"GET /health HTTP/1.1\r\nHost: x\r\n"  # no blank line: the headers never end
+
+
+def test_64_half_sent_requests_from_one_address_do_not_lock_others_out(clf):
+    """Slowloris: one address opens 64 connections (every one the server serves at once) and never finishes
+    their headers. It keeps half of them; the rest are refused at once, and others are still served."""
+    from alexnet.serve.server import LIMIT_CONCURRENCY, PER_CLIENT
+
+    with ServerThread(create_app(clf), header_timeout=60) as server:
+        held = [_connect(server.port, "127.0.0.2", HALF_HEADERS) for _ in range(LIMIT_CONCURRENCY)]
+        try:
+            with httpx.Client(timeout=10) as c:
+                assert c.get(server.url + "/health").json() == {"status": "ok", "model": "alexnet_small"}
+            for sock in held[PER_CLIENT:]:  # closed by the server at once, with a 429 unless reset
+                answer = _answer(sock)
+                assert answer == b"" or answer.startswith(b"HTTP/1.1 429 "), answer
+                assert answer == b"" or f"over {PER_CLIENT} connections at once from 127.0.0.2".encode() in answer
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_headers_or_a_body_that_stop_arriving_get_a_408_and_the_connection_closed(clf, capfd):
+    with ServerThread(create_app(clf), header_timeout=0.5, body_timeout=0.5) as server:
+        start = time.monotonic()
+        stalled = _connect(server.port, "127.0.0.1", HALF_HEADERS)
+        answer = _answer(stalled)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert answer.endswith(b'{"error": "request headers not received within 0.5 s"}')
+        half_body = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        half_body += b"Content-Length: 10000\r\n\r\n--x\r\n"
+        answer = _answer(_connect(server.port, "127.0.0.1", half_body))
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"request body not received within 0.5 s" in answer
+        assert time.monotonic() - start < 8
+        with httpx.Client(timeout=10) as c:
+            assert c.get(server.url + "/health").status_code == 200
+    assert "Traceback" not in capfd.readouterr().err  # the request cut off is no error of the app's
 
 
 # --------------------------------------------------------------------------------------------- the browser

@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..inference import Classifier
 from .batcher import Batcher
@@ -173,6 +174,8 @@ def create_app(
         except _BodyTooLarge:
             return _error(413, f"request body over the limit of {limits.max_request_bytes} bytes")
         except UploadError as e:
+        except ClientDisconnect:  # gone, or cut off by the server's body timeout: nobody reads this answer
+            return _error(400, "the client closed the connection before sending the whole request")
             return _error(e.status, str(e))
         logits, info = await batcher.submit(torch.cat([x for x, _ in decoded]))
         probs = logits.float().softmax(1)

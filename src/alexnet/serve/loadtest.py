@@ -115,7 +115,8 @@ def compare_batching(
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in configs}
     for r in range(rounds):
         for name, batch in configs.items():
-            with ServerThread(create_app(clf, max_batch=batch, max_wait_ms=max_wait_ms)) as server:
+            app = create_app(clf, max_batch=batch, max_wait_ms=max_wait_ms)
+            with ServerThread(app, per_client=None) as server:  # the load test is one client, on purpose
                 result = _client(server.url, payload, requests, concurrency, warmup=2 * concurrency)
             runs[name].append(result)
             if log is not None:

@@ -57,12 +57,13 @@ def check_size(name: str, size: int, limits: Limits) -> None:
 def decode_upload(clf: Classifier, name: str, raw: bytes, limits: Limits) -> tuple[Tensor, tuple[int, int]]:
     """An uploaded file -> (uint8 (3, resize, resize) image as the model's card prescribes, (width, height)).
 
-    Raises :class:`UploadError`: 400 empty, 413 too many bytes or pixels, 415 not an image, 422 an image
-    that cannot be decoded (truncated or corrupt).
+    Raises :class:`UploadError`: 400 empty, 413 too many bytes or pixels, 415 not an image (only raster
+    formats are read), 422 an image that cannot be decoded (truncated or corrupt) or of a shape refused by
+    :func:`alexnet.data.check_shape`.
     """
     check_size(name, len(raw), limits)
     try:
-        with Image.open(io.BytesIO(raw)) as im:  # reads the header only
+        with Image.open(io.BytesIO(raw), formats=data.RASTER_FORMATS) as im:  # reads the header only
             width, height = im.size
     except UnidentifiedImageError as e:
         raise UploadError(415, f"{name}: not an image (JPEG, PNG, GIF, TIFF, WebP, BMP, ...)") from e
@@ -77,8 +78,10 @@ def decode_upload(clf: Classifier, name: str, raw: bytes, limits: Limits) -> tup
             f"{name}: {width}x{height} is {pixels / 1e6:.1f} Mpixel, over the limit of {limits.max_pixels / 1e6:g} "
             "Mpixel (a decompression bomb, or a photo to scale down first)",
         )
-    if pixels == 0:
-        raise UploadError(422, f"{name}: an image of {width}x{height} pixels")
+    try:
+        data.check_shape(width, height)
+    except data.ImageShapeError as e:
+        raise UploadError(422, f"{name}: {e}") from e
     try:
         return clf.decode(io.BytesIO(raw)), (width, height)
     except Image.DecompressionBombError as e:
