@@ -111,6 +111,7 @@ def test_two_processes_with_batch_2b_train_like_one_process_with_batch_2b(data, 
     fit(data, one, dataclasses.replace(_config(args), epochs=2), quiet=True)
     result = _torchrun(2, [*args, "--output", str(tmp_path / "two")])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("run folder: ") == 1  # said by rank 0 alone
     a, b = _weights(one), _weights(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)  # the sums run in another order
@@ -119,6 +120,16 @@ def test_two_processes_with_batch_2b_train_like_one_process_with_batch_2b(data, 
         assert line1["train_loss"] == pytest.approx(line2["train_loss"], rel=1e-4)
         assert line1["val_top1"] == pytest.approx(line2["val_top1"])
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+@pytest.mark.parametrize(("rank", "lines"), [("0", 1), ("1", 0)])
+def test_under_torchrun_only_rank_0_prints_an_error(rank, lines, data, tmp_path, monkeypatch, capsys):
+    from alexnet.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)  # every process meets the same refused flag; one says so
+    assert main(["train", str(data), *EXACT, "--lr", "nan", "--output", str(tmp_path / "run")]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == lines
 
 
 def _config(args: list[str]):
@@ -195,6 +206,9 @@ def test_model_parallel_errors_are_clear(data, tmp_path):
         fit(data, tmp_path / "a", dataclasses.replace(RECIPES["paper2012"], model_parallel="cpu,cuda:5", **base))
     with pytest.raises(UserError, match="two devices"):
         fit(data, tmp_path / "b", dataclasses.replace(RECIPES["paper2012"], model_parallel="cpu", **base))
+    with pytest.raises(UserError, match="unknown device 'meta'"):  # torch knows it; nothing here runs on it
+        fit(data, tmp_path / "c", dataclasses.replace(RECIPES["paper2012"], model_parallel="cpu,meta", **base))
+    assert not any((tmp_path / name).exists() for name in "abc")  # refused before anything is written
     with pytest.raises(UserError, match="needs --model alexnet2012"):
         dataclasses.replace(RECIPES["small"], model_parallel="cpu,cpu")
 

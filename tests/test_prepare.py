@@ -185,7 +185,7 @@ def test_strict_makes_an_unreadable_source_an_error_naming_it_and_writes_no_mani
     src, _ = source
     _break(src / "val" / "eel")
     code = main(["prepare", str(src), str(tmp_path / "dst"), "--size", "16", "--workers", "0", "-q", "--strict"])
-    assert code == 2
+    assert code == 1
     err = capsys.readouterr().err
     assert "unreadable image" in err and str(src / "val" / "eel") in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "dst" / prepared.MANIFEST).exists()
@@ -213,6 +213,7 @@ def test_a_destination_holding_other_files_or_inside_the_source_is_refused(sourc
         prepare_dataset(src, tmp_path / "busy", workers=0, quiet=True)
     with pytest.raises(UserError, match="inside the source"):
         prepare_dataset(src, src / "prepared", workers=0, quiet=True)
+    assert main(["prepare", str(src), str(tmp_path / "busy"), "-q"]) == 1  # the folder, not a flag: exit status 1
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 

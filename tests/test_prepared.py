@@ -30,13 +30,18 @@ from conftest import write_images
 
 
 def _numbered(root: Path, n: int, classes: int = 3) -> Path:
-    """``n`` flat-colour images of varied shapes; image ``i`` has red ``i % 256`` and green ``i // 256``,
-    so a loaded image tells which source it came from (a flat image stays flat when resized)."""
+    """``n`` images of varied shapes; image ``i`` has a flat red ``i % 256`` and green ``i // 256``, so a
+    loaded image tells which source it came from (a flat channel stays flat when resized), and a blue
+    channel that differs along rows and columns, so a transposed image does not pass for the right one."""
     for i in range(n):
         folder = root / f"c{i % classes}"
         folder.mkdir(parents=True, exist_ok=True)
         h, w = (9, 14) if i % 2 else (17, 11)
-        Image.fromarray(np.full((h, w, 3), (i % 256, i // 256, 99), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+        pixels = np.zeros((h, w, 3), dtype=np.uint8)
+        pixels[..., 0], pixels[..., 1] = i % 256, i // 256
+        y, x = np.mgrid[0:h, 0:w]
+        pixels[..., 2] = 16 * x + 3 * y
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
     return root
 
 
@@ -64,7 +69,8 @@ def test_a_truncated_or_missing_shard_is_a_clear_error_naming_it(numbered):
     shard.unlink()
     with pytest.raises(UserError, match=rf"missing shard {shard}"):
         PreparedDataset(numbered, prepared.ALL)
-    assert main(["train", str(numbered), "--recipe", "small", "--epochs", "1", "-q"]) == 2
+    run = numbered.parent / "run"
+    assert main(["train", str(numbered), "--recipe", "small", "--epochs", "1", "--output", str(run), "-q"]) == 1
 
 
 def test_a_split_folder_given_for_the_dataset_names_the_folder_to_pass(numbered, tmp_path):
@@ -114,6 +120,43 @@ def test_verify_finds_a_changed_byte_that_opening_does_not_read(numbered):
     PreparedDataset(numbered, prepared.ALL)  # sizes, header and index are intact
     with pytest.raises(UserError, match=rf"shard {shard} is damaged: its data do not match"):
         prepared.verify(numbered)
+
+
+def test_a_label_equal_to_the_class_count_is_refused_on_opening(numbered):
+    shard = numbered / prepared.ALL / "00002.shard"
+    data = bytearray(shard.read_bytes())
+    label_at = prepared.HEADER_BYTES + 16  # image 0's record: offset u8, nbytes u4, height u2, width u2, label u4
+    assert int.from_bytes(data[label_at : label_at + 4], "little") == 0  # item 10: c0's 11th file, 0030.png
+    data[label_at : label_at + 4] = (2).to_bytes(4, "little")  # the last of the 3 classes: still valid
+    shard.write_bytes(bytes(data))
+    assert PreparedDataset(numbered, prepared.ALL).targets[10] == 2
+    data[label_at : label_at + 4] = (3).to_bytes(4, "little")  # labels are 0, 1, 2: 3 is none of them
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=rf"shard {shard} is damaged: a label is not one of the 3 classes"):
+        PreparedDataset(numbered, prepared.ALL)
+
+
+def test_an_unknown_encoding_in_the_manifest_is_one_line(numbered, capsys):
+    path = numbered / prepared.MANIFEST
+    path.write_text(json.dumps({**json.loads(path.read_text()), "encoding": "png"}))
+    with pytest.raises(UserError, match=r"names an unknown encoding 'png' \(known: \('raw', 'jpeg'\)\)"):
+        PreparedDataset(numbered, prepared.ALL)
+    run = numbered.parent / "run"
+    code = main(["train", str(numbered), "--recipe", "small", "--workers", "0", "--output", str(run), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "unknown encoding 'png'" in err
+
+
+def test_an_item_is_the_central_square_of_its_resized_source_rows_and_columns_kept(numbered, tmp_path):
+    ds = PreparedDataset(numbered, prepared.ALL)
+    order = sorted(range(36), key=lambda i: (i % 3, i))
+    for k in (0, 1, 2, 3):  # odd sources are 9x14 (stored 8 x int(8 * 14 / 9) = 8x12), even ones 17x11 (12x8)
+        i = order[k]
+        assert tuple(ds.image(k).shape) == ((3, 8, 12) if i % 2 else (3, 12, 8))
+        source = torch.from_numpy(np.array(Image.open(tmp_path / "src" / f"c{i % 3}" / f"{i:04d}.png")))
+        resized = TF.resize(source.permute(2, 0, 1), 8, antialias=True)
+        top, left = (resized.shape[1] - 8) // 2, (resized.shape[2] - 8) // 2  # 2 (of 4 extra rows or columns)
+        assert torch.equal(ds[k][0], resized[:, top : top + 8, left : left + 8]), i
 
 
 # --------------------------------------------------------------------------------------------

@@ -424,7 +424,7 @@ def test_serve_refuses_a_taken_port_in_one_line(model_and_checkpoint, capsys):
     finally:
         taken.close()
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+    assert code == 1 and len(err.splitlines()) == 1 and f"cannot listen on 127.0.0.1:{port}" in err
 
 
 def test_the_load_test_command_compares_batched_with_one_at_a_time(model_and_checkpoint, capsys):

@@ -329,18 +329,19 @@ def test_torchvision_format_weights_without_a_checkpoint(tmp_path, capsys):
 
 
 def test_command_errors_are_one_line(checkpoint, tmp_path, capsys, unwritable_dir):
-    cases = [
-        ([str(checkpoint), "predictions"], "needs DATA"),
-        ([str(checkpoint), "pictures"], "say what to draw"),
-        ([str(checkpoint), "filters", "extra"], "takes no DATA"),
-        ([str(checkpoint), "activations", str(tmp_path / "missing.png")], "cannot read image"),
-        (["curves", str(tmp_path)], "not a run folder"),
-        ([str(checkpoint), "filters", "--output", str(unwritable_dir)], "cannot write"),
+    cases = [  # exit status 2: the command line alone is wrong; 1: a file or folder is
+        ([str(checkpoint), "predictions"], "needs DATA", 2),
+        ([str(checkpoint), "pictures"], "say what to draw", 2),
+        ([str(checkpoint), "filters", "extra"], "takes no DATA", 2),
+        ([str(checkpoint), "activations", str(tmp_path / "missing.png")], "cannot read image", 1),
+        (["curves", str(tmp_path)], "not a run folder", 1),
+        ([str(checkpoint), "filters", "--output", str(unwritable_dir)], "cannot write", 1),
+        ([str(tmp_path / "missing.safetensors"), "filters"], "checkpoint not found", 1),
     ]
-    for argv, words in cases:
+    for argv, words, code in cases:
         if "--output" not in argv:
             argv = [*argv, "--output", str(tmp_path / "out")]
-        assert main(["visualize", *argv]) == 2, argv
+        assert main(["visualize", *argv]) == code, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, (argv, err)
 

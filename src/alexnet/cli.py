@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import InputTooSmall, ModeUnavailable, TrainingDiverged, UserError
+from .errors import FlagError, InputTooSmall, ModeUnavailable, TrainingDiverged, UserError
 from .registry import list_models
 
 Command = Callable[[argparse.Namespace], int | None]
@@ -127,25 +127,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if f.name != "recipe" and getattr(args, f.name) is not None
     }
     if args.data and args.dataset:
-        raise UserError("give DATA or --dataset, not both")
+        raise FlagError("give DATA or --dataset, not both")
     source = resolve_dataset(args.dataset) if args.dataset else args.data
     if args.resume:
         if args.output and Path(args.output) != Path(args.resume):
-            raise UserError("--resume continues in its own run folder; leave out --output")
+            raise FlagError("--resume continues in its own run folder; leave out --output")
         if args.recipe or args.config:
-            raise UserError("a resumed run keeps its recipe; change single fields with flags (e.g. --epochs)")
+            raise FlagError("a resumed run keeps its recipe; change single fields with flags (e.g. --epochs)")
         cfg, run_dir = continue_config(args.resume, overrides), Path(args.resume)
     else:
         if source is None:
-            raise UserError("give a data folder (DATA), --dataset digits, or --resume RUN_DIR")
+            raise FlagError("give a data folder (DATA), --dataset digits, or --resume RUN_DIR")
         cfg = resolve_config(args.recipe or "paper2012", args.config, overrides)
         run_dir = Path(args.output or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
-        result = fit(source, run_dir, cfg, resume=bool(args.resume), quiet=args.quiet)
-    except TrainingDiverged as e:
-        print(f"alexnet train: error: {e}", file=sys.stderr)
-        return 1
-    if result["history"]:
+    from .distributed import main_process
+
+    result = fit(source, run_dir, cfg, resume=bool(args.resume), quiet=args.quiet)
+    if result["history"] and main_process():
         best = result["best_top1"]
         print(
             f"run folder: {result['run_dir']} (best top-1 {best:.2%}; checkpoints in {result['run_dir']}/checkpoints)"
@@ -412,9 +410,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     check_writable(args.output)  # before the checkpoint is read: a wrong --output costs nothing
     int8_flags = args.calibration or args.keep_fp32
     if (args.int8 or int8_flags) and args.format != "onnx":
-        raise UserError(f"--int8 exports ONNX models (ONNX Runtime quantises them), not --format {args.format}")
+        raise FlagError(f"--int8 exports ONNX models (ONNX Runtime quantises them), not --format {args.format}")
     if int8_flags and not args.int8:
-        raise UserError("--calibration and --keep-fp32 go with --int8")
+        raise FlagError("--calibration and --keep-fp32 go with --int8")
     path = resolve_checkpoint_path(args.checkpoint)
     model, meta = load_checkpoint(path, map_location="cpu")
     if args.int8:
@@ -529,25 +527,25 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     parts = list(args.parts)
     source = None if parts[0] in viz.WHATS else parts.pop(0)
     if not parts or parts[0] not in viz.WHATS:
-        raise UserError(f"say what to draw after the checkpoint: one of {', '.join(viz.WHATS)}")
+        raise FlagError(f"say what to draw after the checkpoint: one of {', '.join(viz.WHATS)}")
     what, rest = parts[0], parts[1:]
     if len(rest) > 1:
-        raise UserError(f"visualize {what} takes at most one DATA argument, got {len(rest)}: {' '.join(rest)}")
+        raise FlagError(f"visualize {what} takes at most one DATA argument, got {len(rest)}: {' '.join(rest)}")
     target = rest[0] if rest else None
     if what in _NEEDS_DATA and target is None:
-        raise UserError(f"visualize {what} needs {_NEEDS_DATA[what]} after it (e.g. ... {what} path/to/data)")
+        raise FlagError(f"visualize {what} needs {_NEEDS_DATA[what]} after it (e.g. ... {what} path/to/data)")
     if what in ("filters",) and target is not None:
-        raise UserError(f"visualize {what} takes no DATA (got {target})")
+        raise FlagError(f"visualize {what} takes no DATA (got {target})")
     out = Path(args.output) / f"{what}.png"
     check_writable(out)  # before any model is loaded or image decoded
     if what == "curves":
         run = target or source
         if run is None:
-            raise UserError("visualize curves needs a run folder: alexnet visualize RUN_DIR curves --output DIR")
+            raise FlagError("visualize curves needs a run folder: alexnet visualize RUN_DIR curves --output DIR")
         print(viz.curves_figure(run, out).line())
         return 0
     if source is not None and (args.model or args.weights):
-        raise UserError("give CHECKPOINT or --model/--weights, not both")
+        raise FlagError("give CHECKPOINT or --model/--weights, not both")
     clf = load_classifier(source, model=args.model, weights=args.weights, device=args.device)
     if what == "filters":
         fig = viz.filters_figure(clf, out)
@@ -640,9 +638,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UserError(f"serving needs FastAPI and uvicorn: pip install 'alexnet[serve]' ({e})") from e
     if args.max_upload_mb <= 0 or args.max_megapixels <= 0 or args.batch_wait_ms < 0:
-        raise UserError("--max-upload-mb and --max-megapixels must be positive, --batch-wait-ms at least 0")
+        raise FlagError("--max-upload-mb and --max-megapixels must be positive, --batch-wait-ms at least 0")
     if args.source is not None and (args.model or args.weights):
-        raise UserError("give CHECKPOINT or --model/--weights, not both")
+        raise FlagError("give CHECKPOINT or --model/--weights, not both")
     payload = None
     if args.image:
         try:
@@ -774,6 +772,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _error(command: str, error: Exception, status: int) -> int:
+    """One line on stderr, from one process: the processes of a torchrun group all meet the same error."""
+    from .distributed import main_process
+
+    if main_process():
+        print(f"alexnet {command}: error: {error}", file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -782,12 +789,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning  # one line per warning (e.g. each skipped unreadable image)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ModeUnavailable, InputTooSmall) as e:  # the project's own errors; a bug keeps its traceback
-        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except (FlagError, ModeUnavailable, InputTooSmall) as e:  # a flag the command, model or machine refuses
+        return _error(args.command, e, 2)
+    except (UserError, TrainingDiverged) as e:  # the project's own errors; a bug keeps its traceback
+        return _error(args.command, e, 1)
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130

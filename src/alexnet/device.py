@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .errors import UserError
+from .errors import FlagError, UserError
 
 __all__ = [
     "Precision",
@@ -40,17 +40,20 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    unknown = FlagError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from e
+        raise unknown from e
+    if device.type not in ("cpu", "cuda", "mps"):  # torch parses meta, xla, ...: devices nothing here runs on
+        raise unknown
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {name}: CUDA is not available on this machine")
+            raise FlagError(f"device {name}: CUDA is not available on this machine")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise FlagError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError(f"device {name}: MPS is not available on this machine")
+        raise FlagError(f"device {name}: MPS is not available on this machine")
     return device
 
 

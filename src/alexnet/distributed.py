@@ -29,9 +29,18 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from .device import resolve_device
-from .errors import UserError
+from .errors import FlagError, UserError
 
-__all__ = ["Context", "setup", "teardown", "restarted", "ShardSampler", "place_columns", "parse_devices"]
+__all__ = [
+    "Context",
+    "setup",
+    "teardown",
+    "restarted",
+    "main_process",
+    "ShardSampler",
+    "place_columns",
+    "parse_devices",
+]
 
 
 @dataclass
@@ -123,15 +132,18 @@ def setup(device_name: str = "auto") -> Context:
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     device = resolve_device(device_name)
     if device.type == "cuda":
-        if torch.cuda.device_count() <= local_rank:
+        # Checked against the node's process count, not this process's local rank: every process of the node
+        # then stops with the same message, and rank 0 is the one that prints it.
+        local_world = max(_env_int("LOCAL_WORLD_SIZE", local_rank + 1), local_rank + 1)
+        if torch.cuda.device_count() < local_world:
             raise UserError(
-                f"process {rank} has local rank {local_rank} but this node has {torch.cuda.device_count()} GPU(s): "
+                f"{local_world} processes on this node but it has {torch.cuda.device_count()} GPU(s): "
                 "start at most one process per GPU (torchrun --nproc_per_node)"
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise UserError(f"data-parallel training runs on CUDA (NCCL) or the CPU (gloo), not {device.type}")
+        raise FlagError(f"data-parallel training runs on CUDA (NCCL) or the CPU (gloo), not {device.type}")
     if not dist.is_initialized():
         # torchrun's store outlives a restart: the keys of the failed attempt (the dead processes'
         # addresses) are still in it, so each attempt rendezvouses under a prefix of its own.
@@ -144,6 +156,12 @@ def setup(device_name: str = "auto") -> Context:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def main_process() -> bool:
+    """Whether this process prints the command's last line and errors: a plain run, or rank 0 of the group
+    torchrun started (the processes of a group end the same way, so one says it)."""
+    return _env_int("WORLD_SIZE", 1) <= 1 or _env_int("RANK", 0) == 0
 
 
 def restarted() -> bool:
@@ -182,7 +200,7 @@ def parse_devices(text: str) -> list[torch.device]:
     """``"cuda:0,cuda:1"`` -> two devices that exist here (a clear error for one that does not)."""
     names = [t.strip() for t in text.split(",") if t.strip()]
     if len(names) != 2:
-        raise UserError(f"--model-parallel takes two devices, one per column (e.g. cuda:0,cuda:1), got {text!r}")
+        raise FlagError(f"--model-parallel takes two devices, one per column (e.g. cuda:0,cuda:1), got {text!r}")
     return [resolve_device(n) for n in names]
 
 
@@ -191,5 +209,5 @@ def place_columns(model: nn.Module, devices: list[torch.device]) -> nn.Module:
     from .columns import AlexNetColumns
 
     if not isinstance(model, AlexNetColumns):
-        raise UserError("--model-parallel splits the paper's two columns: it needs --model alexnet2012 (or _columns)")
+        raise FlagError("--model-parallel splits the paper's two columns: it needs --model alexnet2012 (or _columns)")
     return model.place(*devices)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "InputTooSmall", "TrainingDiverged", "ModeUnavailable"]
+__all__ = ["UserError", "FlagError", "InputTooSmall", "TrainingDiverged", "ModeUnavailable"]
 
 
 class UserError(Exception):
-    """A problem with the user's input (file, flag, data) that the CLI reports in one line."""
+    """A problem with the user's input (file, data, folder) that the CLI reports in one line, exit status 1."""
+
+
+class FlagError(UserError):
+    """A flag's value, or a combination of flags, that the command refuses whatever the files hold: exit
+    status 2, as for the flags argparse itself refuses."""
 
 
 class InputTooSmall(ValueError):

@@ -31,7 +31,7 @@ from .card import ModelCard
 from .checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
 from .datasets import resolve_dataset
 from .engine import evaluate, normalize
-from .errors import UserError
+from .errors import FlagError, UserError
 from .export import OnnxModel, is_onnx_file
 from .files import atomic_write_bytes
 from .registry import create_model, get_spec, imagenet_categories
@@ -134,11 +134,11 @@ def load_classifier(
     device = resolve_device(str(device))
     if model is not None or weights is not None:
         if model is None or weights is None:
-            raise UserError("--model and --weights go together (e.g. --model alexnet --weights alexnet.pth)")
+            raise FlagError("--model and --weights go together (e.g. --model alexnet --weights alexnet.pth)")
         card = get_spec(model).card.trained(model, imagenet_categories())
         return Classifier.from_module(create_model(model, 1000, weights=weights), card, str(weights), device)
     if source is None:
-        raise UserError("give a checkpoint (or run folder, or .onnx file), or --model NAME --weights PATH")
+        raise FlagError("give a checkpoint (or run folder, or .onnx file), or --model NAME --weights PATH")
     if is_onnx_file(source):
         try:
             onnx = OnnxModel(source)

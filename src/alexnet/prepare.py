@@ -35,7 +35,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from . import prepared
 from .data import _FORMATS, DECODE_ERRORS, _reason, image_files, load_rgb
-from .errors import UserError
+from .errors import FlagError, UserError
 from .files import TEMP_SUFFIX, atomic_write_bytes
 
 __all__ = ["PrepareOptions", "ShardTask", "plan_shards", "prepare_dataset", "REPORT"]
@@ -57,15 +57,15 @@ class PrepareOptions:
 
     def __post_init__(self) -> None:
         if self.mode not in prepared.MODES:
-            raise UserError(f"--mode must be one of {', '.join(prepared.MODES)}, not {self.mode!r}")
+            raise FlagError(f"--mode must be one of {', '.join(prepared.MODES)}, not {self.mode!r}")
         if self.encoding not in prepared.ENCODINGS:
-            raise UserError(f"--format must be one of {', '.join(prepared.ENCODINGS)}, not {self.encoding!r}")
+            raise FlagError(f"--format must be one of {', '.join(prepared.ENCODINGS)}, not {self.encoding!r}")
         if not 1 <= self.size <= 65535:
-            raise UserError(f"--size must be between 1 and 65535, got {self.size}")
+            raise FlagError(f"--size must be between 1 and 65535, got {self.size}")
         if not 1 <= self.quality <= 100:
-            raise UserError(f"--quality must be between 1 and 100, got {self.quality}")
+            raise FlagError(f"--quality must be between 1 and 100, got {self.quality}")
         if self.shard_images < 1:
-            raise UserError(f"--shard-images must be at least 1, got {self.shard_images}")
+            raise FlagError(f"--shard-images must be at least 1, got {self.shard_images}")
 
     def stored(self) -> dict[str, Any]:
         """What the manifest records (the JPEG quality only for jpeg shards)."""

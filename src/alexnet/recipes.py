@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import UserError
+from .errors import FlagError, UserError
 from .models import MAX_INPUT_SIZE
 
 __all__ = ["TrainConfig", "RECIPES", "resolve_config", "config_to_dict", "config_from_dict"]
@@ -90,7 +90,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for problem in _range_problems(self):
-            raise UserError(problem)
+            raise FlagError(problem)
 
 
 def _range_problems(cfg: TrainConfig) -> list[str]:
@@ -219,12 +219,12 @@ def config_from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> T
     if base is None:
         name = data.get("recipe", "paper2012")
         if name not in RECIPES:
-            raise UserError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+            raise FlagError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
         base = RECIPES[name]
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise UserError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(known)}")
+        raise FlagError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(known)}")
     values = {k: _coerce(k, v, _field_type(known[k])) for k, v in data.items()}
     return replace(base, **values)
 
@@ -234,7 +234,7 @@ def resolve_config(
 ) -> TrainConfig:
     """Preset -> config file -> overrides (flags given on the command line)."""
     if recipe not in RECIPES:
-        raise UserError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+        raise FlagError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     cfg = RECIPES[recipe]
     if config_file is not None:
         cfg = config_from_dict(read_config_file(config_file), base=cfg)
@@ -273,7 +273,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise UserError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+            raise FlagError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
         return value
     if isinstance(hint, types.UnionType):
         hint = typing.get_args(hint)[0]
@@ -292,7 +292,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError) as e:
-        raise UserError(f"{name} expects {hint.__name__}, got {value!r}") from e
+        raise FlagError(f"{name} expects {hint.__name__}, got {value!r}") from e
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

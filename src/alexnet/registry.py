@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .columns import to_columns
-from .errors import UserError
+from .errors import FlagError, UserError
 from .models import ALEXNET2012, ALEXNET_BN, ALEXNET_SMALL, ALEXNET_TORCHVISION, AlexNet, ArchSpec, build
 
 __all__ = ["create_model", "list_models", "get_spec", "load_weights_file", "register_model", "MODELS"]
@@ -47,7 +47,7 @@ def list_models() -> list[str]:
 
 def _entry(name: str) -> ModelEntry:
     if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+        raise FlagError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     return MODELS[name]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 from torchinfo import summary as torchinfo_summary
 
-from .errors import UserError
+from .errors import FlagError
 from .models import min_input_size
 from .registry import create_model, get_spec
 
@@ -19,7 +19,7 @@ def model_summary(name: str, num_classes: int = 1000, input_size: int | None = N
     spec = get_spec(name)
     size = input_size if input_size is not None else spec.card.input_size
     if size < min_input_size(spec):
-        raise UserError(f"{name} needs inputs of at least {min_input_size(spec)} pixels, got --input-size {size}")
+        raise FlagError(f"{name} needs inputs of at least {min_input_size(spec)} pixels, got --input-size {size}")
     model: nn.Module = create_model(name, num_classes, init="torch")
     model.eval()
     stats = torchinfo_summary(

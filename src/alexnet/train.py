@@ -27,7 +27,7 @@ from .columns import to_columns, to_grouped
 from .device import resolve_precision, sgd_kwargs, tune_cpu_allocator
 from .distributed import Context, ShardSampler, parse_devices, place_columns
 from .engine import evaluate, recompute_bn_stats, train_one_epoch
-from .errors import TrainingDiverged, UserError
+from .errors import FlagError, TrainingDiverged, UserError
 from .health import chance_warning
 from .models import min_input_size
 from .optim import LARS, lars_param_groups
@@ -63,9 +63,9 @@ def model_card(cfg: TrainConfig, classes: list[str]) -> ModelCard:
     spec = get_spec(cfg.model)
     resize, crop = cfg.resize_size or spec.card.resize_size, cfg.input_size or spec.card.input_size
     if crop > resize:
-        raise UserError(f"the input size {crop} is larger than the resize size {resize} (--input-size, --resize-size)")
+        raise FlagError(f"the input size {crop} is larger than the resize size {resize} (--input-size, --resize-size)")
     if crop < min_input_size(spec):
-        raise UserError(f"{cfg.model} needs inputs of at least {min_input_size(spec)} pixels, not --input-size {crop}")
+        raise FlagError(f"{cfg.model} needs inputs of at least {min_input_size(spec)} pixels, not --input-size {crop}")
     return spec.card.trained(_saved_name(cfg), classes, crop, resize)
 
 
@@ -137,18 +137,27 @@ def build_model(cfg: TrainConfig, num_classes: int, ctx: Context, state: dict | 
     model = create_model(_saved_name(cfg), num_classes, init=cfg.init or None, dropout=dropout)
     if state is not None:
         model.load_state_dict(state, strict=True)
-    if cfg.model_parallel:
-        if ctx.distributed:
-            raise UserError(
-                "--model-parallel runs one process over two devices; with torchrun each process would need its "
-                "own pair of devices, which this version does not assign: use one or the other"
-            )
-        model = place_columns(to_columns(model), parse_devices(cfg.model_parallel))
+    devices = _column_devices(cfg, ctx)
+    if devices:
+        model = place_columns(to_columns(model), devices)
     else:
         model = model.to(ctx.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return ctx.wrap(model)
+
+
+def _column_devices(cfg: TrainConfig, ctx: Context) -> list[torch.device]:
+    """The two devices of ``--model-parallel`` (none without it), checked: they exist here, and the run is
+    one process."""
+    if not cfg.model_parallel:
+        return []
+    if ctx.distributed:
+        raise FlagError(
+            "--model-parallel runs one process over two devices; with torchrun each process would need its "
+            "own pair of devices, which this version does not assign: use one or the other"
+        )
+    return parse_devices(cfg.model_parallel)
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
@@ -200,9 +209,10 @@ def _fit(
     if data_root is None:
         raise UserError("no data folder given")
     if cfg.batch_size % ctx.world:
-        raise UserError(
+        raise FlagError(
             f"--batch-size {cfg.batch_size} (the global batch) does not split evenly over {ctx.world} processes"
         )
+    _column_devices(cfg, ctx)  # a flag refused before anything is written
     precision = resolve_precision(cfg.precision, ctx.device)
     if ctx.device.type == "cpu":
         tune_cpu_allocator()
