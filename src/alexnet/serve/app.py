@@ -173,9 +173,9 @@ def create_app(
                 decode_ms = (time.perf_counter() - decode_start) * 1000
         except _BodyTooLarge:
             return _error(413, f"request body over the limit of {limits.max_request_bytes} bytes")
-        except UploadError as e:
         except ClientDisconnect:  # gone, or cut off by the server's body timeout: nobody reads this answer
             return _error(400, "the client closed the connection before sending the whole request")
+        except UploadError as e:
             return _error(e.status, str(e))
         logits, info = await batcher.submit(torch.cat([x for x, _ in decoded]))
         probs = logits.float().softmax(1)
