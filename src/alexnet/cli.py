@@ -689,9 +689,14 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         description="Convert SRC/<class>/* (or SRC/train, SRC/val, SRC/test) into DST: every image decoded once, "
         "its shorter side resized to --size (or centre-cropped to a square), stored in shards with its label. "
         "Unreadable files are skipped and listed in DST/skipped.tsv. Killed half way, the same command "
-        "finishes the rest. `alexnet train DST` and `alexnet evaluate CKPT DST` read the result.",
+        "finishes the rest. `alexnet train DST` and `alexnet evaluate CKPT DST` read the result. SRC may also "
+        "hold ImageNet's archives as they come (the train tar of per-synset tars, the val tar and the devkit), "
+        "be Kaggle's copy of ImageNet, or be a flat folder with --labels: nothing is extracted.",
     )
-    p.add_argument("src", metavar="SRC", help="image folder (or 'digits', 'photos')")
+    p.add_argument(
+        "src", metavar="SRC",
+        help="image folder (or 'digits', 'photos'); a folder of ImageNet's archives, or one; Kaggle's ImageNet folder",
+    )  # fmt: skip
     p.add_argument("dst", metavar="DST", help="the prepared dataset's folder (new, empty, or an unfinished one)")
     p.add_argument(
         "--size", type=_at_least(1, 65535), default=256, help="shorter side in pixels (default: %(default)s)"
@@ -714,6 +719,12 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
         "--workers", type=_at_least(0), default=None, help="converting processes (default: one per core; 0: none)"
     )
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error, not skipped")
+    p.add_argument("--labels", metavar="FILE", help="CSV of file name (relative to SRC) and class; SRC: a flat folder")
+    p.add_argument(
+        "--devkit", metavar="PATH",
+        help="ImageNet's ILSVRC2012_devkit_t12.tar.gz, or a folder with its meta.mat and validation ground truth, "
+        "when it is not in SRC",
+    )  # fmt: skip
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
@@ -724,6 +735,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     options = PrepareOptions(args.size, args.mode, args.format, args.quality, args.shard_images)
     result = prepare_dataset(
         args.src, args.dst, options, workers=args.workers, strict=args.strict, quiet=args.quiet,
+        labels=args.labels, devkit=args.devkit,
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )  # fmt: skip
     rate = f", {result['converted'] / result['seconds']:.0f} images/s" if result["seconds"] > 0 else ""

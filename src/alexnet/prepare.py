@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -33,7 +34,7 @@ import torch
 from torchcodec.encoders import JpegEncoder
 from torchvision.transforms.v2 import functional as TF
 
-from . import prepared
+from . import imagenet, prepared
 from .data import _FORMATS, DECODE_ERRORS, _reason, image_files, load_rgb
 from .errors import FlagError, UserError
 from .files import TEMP_SUFFIX, atomic_write_bytes
@@ -83,10 +84,32 @@ class ShardTask:
     key: str
     path: Path  # the shard's final name
     record: Path  # its journal record
+    archive: str | None = None  # the sources are members of this tar, its bytes at ``spans`` (offset, size)
+    spans: tuple[tuple[int, int], ...] = ()
 
     @property
     def name(self) -> str:
         return f"{self.split}/{self.number:05d}.shard"
+
+    def source(self, i: int) -> str | io.BytesIO:
+        """The ``i``-th source: its file, or its bytes read from the archive (nothing is extracted)."""
+        if self.archive is None:
+            return self.files[i][0]
+        offset, size = self.spans[i]
+        with open(self.archive, "rb") as f:
+            f.seek(offset)
+            return _Member(f.read(size), self.files[i][0])
+
+
+class _Member(io.BytesIO):
+    """An archive member's bytes, named in messages (PIL's included) as a file would be."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __repr__(self) -> str:
+        return repr(self.name)
 
 
 @dataclass
@@ -94,6 +117,7 @@ class Plan:
     splits: dict[str, list[str]]  # split -> class names
     tasks: list[ShardTask]
     digest: str  # of every shard's key: equal digests, equal datasets
+    words: dict[str, list[str]] = field(default_factory=dict)  # split -> each class's words, where known
 
     @property
     def images(self) -> int:
@@ -208,9 +232,9 @@ def _convert(task: ShardTask, options: PrepareOptions, strict: bool, tell: Calla
     writer = prepared.ShardWriter(tmp, len(task.files))
     pending = 0
     try:
-        for path, label in task.files:
+        for i, (path, label) in enumerate(task.files):
             try:
-                with load_rgb(path) as image:
+                with load_rgb(task.source(i)) as image:
                     data, h, w = _encode(image, options)
             except DECODE_ERRORS as e:
                 result.skipped.append((path, _reason(e)))
@@ -305,8 +329,13 @@ def prepare_dataset(
     strict: bool = False,
     quiet: bool = False,
     log: Callable[[str], None] | None = None,
+    labels: str | os.PathLike | None = None,
+    devkit: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Convert the image folder ``src`` into the prepared dataset ``dst`` (resuming an unfinished one).
+
+    ``src`` may also be ImageNet's archives, Kaggle's copy of it, or a flat folder with a ``labels`` CSV
+    (see :mod:`alexnet.imagenet`; ``devkit``: the ILSVRC-2012 devkit when it is not in ``src``).
 
     ``workers`` processes convert shards in parallel (default: one per core; 0 converts in this process).
     Unreadable sources are skipped and listed in ``dst/skipped.tsv`` (``strict``: the first one is a
@@ -318,11 +347,12 @@ def prepare_dataset(
     options = options or PrepareOptions()
     src, dst = resolve_dataset(src), Path(dst)
     log = log or (lambda message: None)
-    if not src.is_dir():
+    if not src.is_dir() and imagenet.archive_kind(src) is None:
         raise UserError(f"source folder not found: {src}")
     _check_destination(src, dst)
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
-    plan = plan_shards(src, dst, options)
+    kw = {"labels": labels, "devkit": devkit, "workers": workers, "log": log}
+    plan = imagenet.plan_source(src, dst, options, **kw) or plan_shards(src, dst, options)
     if (dst / prepared.MANIFEST).is_file():
         manifest = prepared.read_manifest(dst)
         if manifest.get("digest") == plan.digest:
@@ -397,6 +427,7 @@ def _finish(
             )
         splits[split] = {
             "classes": classes,
+            **({"words": plan.words[split]} if split in plan.words else {}),
             "images": int(sum(r.images for r in shards)),
             "bytes": int(sum(r.bytes for r in shards)),
             "skipped": int(sum(len(r.skipped) for r in shards)),

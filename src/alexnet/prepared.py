@@ -266,6 +266,7 @@ class PreparedDataset(Dataset):
         self.resize = resize or self.size
         entry = splits[split]
         self.classes: list[str] = list(entry["classes"])
+        self.words: list[str] = [str(w) for w in entry.get("words", ())]  # each class's words, where known
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.shard_files = [self.root / s["file"] for s in entry["shards"]]
         shard, offset, nbytes, height, width, label = [], [], [], [], [], []
