@@ -301,3 +301,183 @@ def test_evaluation_maps_a_prepared_splits_classes_onto_the_models_by_name(tmp_p
     prepare_dataset(src, tmp_path / "dst", PrepareOptions(size=36), workers=0, quiet=True)
     result = evaluate_folder(clf, tmp_path / "dst", precision="fp32", workers=0)
     assert result["per_class_images"] == [0, 3, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged or tampered datasets: refused in one line, never read as wrong pixels or labels
+# --------------------------------------------------------------------------------------------
+def _patch(shard: Path, at: int, value: bytes) -> None:
+    data = bytearray(shard.read_bytes())
+    data[at : at + len(value)] = value
+    shard.write_bytes(bytes(data))
+
+
+def _record(j: int) -> int:
+    """Where image ``j``'s index record starts: offset u8, nbytes u4, height u2, width u2, label u4."""
+    return prepared.HEADER_BYTES + 20 * j
+
+
+def _reseal(root: Path) -> None:
+    """Write each shard's current CRC-32 into the manifest, as a faulty writer or a tamperer would."""
+    import zlib
+
+    path = root / prepared.MANIFEST
+    manifest = json.loads(path.read_text())
+    for split in manifest["splits"].values():
+        for s in split["shards"]:
+            data = (root / s["file"]).read_bytes()
+            s["crc32"] = zlib.crc32(data[int.from_bytes(data[16:24], "little") :])
+    path.write_text(json.dumps(manifest))
+
+
+def _batches_of(ds: PreparedDataset, workers: int) -> list:
+    from alexnet.engine import Meter, _batches
+
+    return list(_batches(prepared.make_loader(ds, 4, workers=workers), Meter(), torch.device("cpu")))
+
+
+def test_changed_or_zeroed_data_are_found_by_the_checksum_when_their_shard_is_first_read(numbered):
+    shard = numbered / prepared.ALL / "00001.shard"  # items 5-9
+    start = int.from_bytes(shard.read_bytes()[16:24], "little")
+    _patch(shard, start + 100, b"\x01")
+    ds = PreparedDataset(numbered, prepared.ALL)  # opening reads no image data
+    assert ds[4][1] == ds.targets[4]  # shard 0 is intact
+    with pytest.raises(UserError, match=rf"^shard {shard} is damaged: its data do not match the manifest's CRC-32"):
+        ds[5]
+    _patch(shard, start, bytes(shard.stat().st_size - start))  # all zeros, the size kept
+    with pytest.raises(UserError, match=rf"^shard {shard} is damaged"):
+        PreparedDataset(numbered, prepared.ALL)[9]
+    with pytest.raises(UserError) as info:  # from a loader worker: the same one line, in this process
+        _batches_of(PreparedDataset(numbered, prepared.ALL), workers=2)
+    assert str(info.value).startswith(f"shard {shard} is damaged") and "\n" not in str(info.value)
+
+
+def test_a_data_offset_into_the_index_or_offsets_that_do_not_lay_out_the_data_are_refused_on_opening(numbered):
+    shard = numbered / prepared.ALL / "00002.shard"
+    saved = shard.read_bytes()
+    for offset in (0, prepared.HEADER_BYTES, 8192):  # the header, the index, past the end
+        _patch(shard, 16, offset.to_bytes(8, "little"))
+        with pytest.raises(UserError, match=rf"^shard {shard} is damaged: its header's data offset {offset} "):
+            PreparedDataset(numbered, prepared.ALL)
+    shard.write_bytes(saved)
+    for j in range(5):  # every image at offset 0: all of them would read image 0's pixels
+        _patch(shard, _record(j), bytes(8))
+    with pytest.raises(UserError, match=rf"^shard {shard} is damaged: its index does not lay out its data"):
+        PreparedDataset(numbered, prepared.ALL)
+
+
+def test_a_raw_images_size_in_the_index_must_match_its_bytes_and_the_prepared_size(numbered):
+    shard = numbered / prepared.ALL / "00000.shard"
+    saved = shard.read_bytes()
+    height, width = (int.from_bytes(saved[_record(0) + k : _record(0) + k + 2], "little") for k in (12, 14))
+    assert {height, width} == {8, 12}  # 8 px on the shorter side
+    for h, w in ((65535, width), (0, width), (height * width // 4, 4)):  # the last: the same 3*h*w bytes
+        _patch(shard, _record(0) + 12, h.to_bytes(2, "little") + w.to_bytes(2, "little"))
+        with pytest.raises(UserError, match=rf"^shard {shard} is damaged: image 0 is {h}x{w} in its index"):
+            PreparedDataset(numbered, prepared.ALL)
+
+
+def test_a_huge_image_count_in_a_header_is_checked_against_the_file_size_before_any_read(numbered):
+    import tracemalloc
+
+    shard = numbered / prepared.ALL / "00003.shard"
+    _patch(shard, 12, (2**31).to_bytes(4, "little"))
+    path = numbered / prepared.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["splits"][prepared.ALL]["shards"][3]["images"] = 2**31
+    path.write_text(json.dumps(manifest))
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=rf"^shard {shard} is damaged: its header counts 2147483648 images"):
+            PreparedDataset(numbered, prepared.ALL)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6  # its index would be 43 GB
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda m: m.pop("splits"), '"splits" is missing or not a table'),
+        (lambda m: m["splits"]["all"].pop("classes"), "splits.all.classes is missing or not a list of names"),
+        (lambda m: m["splits"]["all"].update(shards="abc"), "splits.all.shards is missing or not a list"),
+        (lambda m: m["splits"]["all"]["shards"][1].update(bytes="abc"), r"splits.all.shards\[1\].bytes is missing"),
+        (lambda m: m["splits"]["all"]["shards"][1].pop("file"), r"splits.all.shards\[1\].file is missing"),
+        (lambda m: m.update(size=-3), '"size" is missing or not a number of pixels'),
+    ],
+)
+def test_a_manifest_with_a_missing_or_mistyped_key_is_one_line_naming_it(numbered, capsys, damage, said):
+    path = numbered / prepared.MANIFEST
+    manifest = json.loads(path.read_text())
+    damage(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=rf"^{path} is damaged: {said}"):
+        PreparedDataset(numbered, prepared.ALL)
+    code = main(["train", str(numbered), "--recipe", "small", "--workers", "0", "--output", str(numbered.parent / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "is damaged" in err
+
+
+def test_shard_paths_outside_the_dataset_folder_are_refused_and_their_sizes_not_told(numbered, tmp_path):
+    other = tmp_path / "other" / "00000.shard"
+    other.parent.mkdir()
+    other.write_bytes((numbered / prepared.ALL / "00000.shard").read_bytes())
+    (numbered / "link.shard").symlink_to(other)
+    path = numbered / prepared.MANIFEST
+    saved = path.read_text()
+    for file in ("../other/00000.shard", "/etc/passwd", "/dev/zero", "link.shard"):
+        manifest = json.loads(saved)
+        manifest["splits"][prepared.ALL]["shards"][0]["file"] = file
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(UserError, match="names a shard outside the dataset folder") as info:
+            PreparedDataset(numbered, prepared.ALL)
+        assert "bytes" not in str(info.value) and str(Path("/etc/passwd").stat().st_size) not in str(info.value)
+
+
+@pytest.fixture
+def jpeg_set(tmp_path: Path) -> Path:
+    """6 images in 3 classes, prepared as JPEG at 8 px in shards of 5."""
+    dst = tmp_path / "jpeg"
+    options = PrepareOptions(size=8, encoding="jpeg", shard_images=5)
+    prepare_dataset(_numbered(tmp_path / "src", 6), dst, options, workers=0, quiet=True)
+    return dst
+
+
+def _jpeg_at(shard: Path, j: int) -> int:
+    """Where image ``j``'s JPEG file starts in the shard."""
+    data = shard.read_bytes()
+    return int.from_bytes(data[16:24], "little") + int.from_bytes(data[_record(j) : _record(j) + 8], "little")
+
+
+def test_a_corrupt_jpeg_in_a_shard_is_one_line_naming_the_shard_and_the_image(jpeg_set):
+    shard = jpeg_set / prepared.ALL / "00000.shard"
+    start = _jpeg_at(shard, 1)
+    huffman = shard.read_bytes().index(b"\xff\xc4", start)  # a Huffman table: the header is intact up to it
+    _patch(shard, huffman + 4, b"\xff\xff")
+    _patch(shard, _jpeg_at(shard, 2), b"\0\0")  # the first 2 bytes of image 2
+    _reseal(jpeg_set)  # the checksums agree: only decoding finds it
+    ds = PreparedDataset(jpeg_set, prepared.ALL)
+    ds[0]
+    with pytest.raises(UserError, match=rf"^image 1 of shard {shard} is damaged: it cannot be decoded \(Bogus"):
+        ds[1]
+    with pytest.raises(UserError, match=rf"^image 2 of shard {shard} is damaged: it is not a JPEG file"):
+        ds[2]
+    with pytest.raises(UserError) as info:
+        _batches_of(ds, workers=0)
+    assert str(info.value).startswith(f"image 1 of shard {shard} is damaged") and "\n" not in str(info.value)
+
+
+def test_a_jpeg_whose_header_claims_other_dimensions_than_its_index_is_refused_before_decoding(jpeg_set, monkeypatch):
+    shard = jpeg_set / prepared.ALL / "00000.shard"
+    frame = shard.read_bytes().index(b"\xff\xc0", _jpeg_at(shard, 0))  # image 0's frame header (SOF0)
+    _patch(shard, frame + 5, (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big"))  # 900 Mpixel, 2.7 GB
+    _reseal(jpeg_set)
+    decoded = []
+    monkeypatch.setattr(prepared, "decode_jpeg", lambda *args, **kwargs: decoded.append(args))
+    ds = PreparedDataset(jpeg_set, prepared.ALL)
+    said = rf"^image 0 of shard {shard} is damaged: its JPEG header says 30000x30000, its index 12x8"
+    for read in (ds.image, EncodedItems(ds).__getitem__):  # decoded here, or on the device in batches
+        with pytest.raises(UserError, match=said):
+            read(0)
+    assert decoded == []
