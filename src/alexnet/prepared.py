@@ -379,6 +379,7 @@ class PreparedDataset(Dataset):
         self.resize = resize or self.size
         entry = splits[split]
         self.classes: list[str] = list(entry["classes"])
+        self.words: list[str] = [str(w) for w in entry.get("words", ())]  # each class's words, where known
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.shard_files = [self.root / s["file"] for s in entry["shards"]]
         self._crc = [int(s["crc32"]) for s in entry["shards"]]
