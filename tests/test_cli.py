@@ -111,10 +111,11 @@ def test_predict_with_torchvision_format_weights_prints_imagenet_names(tmp_path,
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(image)
     assert main(["predict", "--model", "alexnet", "--weights", str(weights), str(image), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)[0]["top"]
-    from torchvision.models import AlexNet_Weights
+    from alexnet.imagenet import imagenet_words
 
-    categories = AlexNet_Weights.IMAGENET1K_V1.meta["categories"]
-    assert len(out) == 5 and all(t["class"] == categories[t["index"]] for t in out)
+    wnids = sorted(imagenet_words())  # class i is the i-th wnid, named by the devkit's words
+    assert len(out) == 5 and all(t["class"] == wnids[t["index"]] for t in out)
+    assert all(t["words"] == imagenet_words()[t["class"]] for t in out)
 
 
 def test_resume_continues_a_cli_run(trained, tmp_path, capsys):

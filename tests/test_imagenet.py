@@ -5,6 +5,7 @@ in class folders give; the devkit's IDs go through meta.mat; class names travel 
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from alexnet import prepared
 from alexnet.card import ModelCard
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.imagenet import class_words, imagenet_words, read_devkit
+from alexnet.imagenet import class_words, error_table, imagenet_words, read_devkit
 from alexnet.prepare import PrepareOptions, prepare_dataset
 from alexnet.prepared import PreparedDataset
 
@@ -369,3 +370,49 @@ prepare_dataset({str(src)!r}, {str(dst)!r}, PrepareOptions(size=16, shard_images
     assert 0 < result["converted"] < result["images"] + result["skipped"]  # the first shard was kept
     prepare_dataset(src, tmp_path / "straight", OPTIONS, workers=0, quiet=True)
     assert _files(dst) == _files(tmp_path / "straight")
+
+
+# --------------------------------------------------------------------------------------------
+# The names travel with the model; the paper's table
+# --------------------------------------------------------------------------------------------
+def test_a_model_trained_on_the_miniature_predicts_words_and_evaluate_prints_the_papers_table(images, tmp_path, capsys):
+    # the devkit's words, not ImageNet's table (which has the same wnids), must reach the model
+    synsets = [(i, w, words.upper(), n) for i, w, words, n in SYNSETS]
+    src = _archives(tmp_path / "archives", *images, synsets=synsets)
+    data, run = tmp_path / "prepared", tmp_path / "run"
+    assert main(["prepare", str(src), str(data), "--size", "36", "-q", "--workers", "0"]) == 0
+    train = ["train", str(data), "--recipe", "small", "--epochs", "1", "--batch-size", "8", "--workers", "0", "-q"]
+    assert main([*train, "--output", str(run), "--precision", "fp32", "--pca-std", "0"]) == 0
+    image = tmp_path / "fox.jpg"
+    image.write_bytes(images[0]["n02119789"]["n02119789_3.JPEG"])
+    capsys.readouterr()
+    assert main(["predict", str(run), str(image), "--top-k", "5", "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    words = [w.upper() for w in WORDS]
+    for wnid, name in zip(CLASSES, words, strict=True):
+        assert f"  {name} ({wnid})" in out
+    assert main(["predict", str(run), str(image), "--json", "--precision", "fp32"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert {(t["class"], t["words"]) for t in top} == set(zip(CLASSES, words, strict=True))
+    evaluate = ["evaluate", str(run), str(data), "--ten-crop", "--precision", "fp32", "--workers", "0"]
+    assert main([*evaluate, "--output", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "Krizhevsky et al. 2012, 1 CNN" in out and "40.7%" in out and "18.2%" in out
+    assert "Caffe's bvlc_alexnet" in out and "42.9%" in out and "19.8%" in out
+    assert "5 classes, 7 images" in out
+    table = json.loads((tmp_path / "eval" / "metrics.json").read_text())["table"]
+    assert [(r["name"], r["crops"]) for r in table["rows"][:2]] == [("this model", 1), ("this model", 10)]
+    per_class = (tmp_path / "eval" / "per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,words,images,top1" and per_class[1].startswith('n01440764,"TENCH, TINCA TINCA",2,')
+
+
+def test_the_error_table_puts_the_runs_errors_next_to_the_papers_caffes_and_torchvisions():
+    result = {"top1_error": 0.40, "top5_error": 0.18, "images": 50_000,
+              "center": {"top1_error": 0.43, "top5_error": 0.20}}  # fmt: skip
+    table = error_table(result, 1000)
+    rows = {(r["name"], r["crops"]): (r["top1_error"], r["top5_error"]) for r in table["rows"]}
+    assert rows[("this model", 1)] == (0.43, 0.20) and rows[("this model", 10)] == (0.40, 0.18)
+    assert rows[("Krizhevsky et al. 2012, 1 CNN", 10)] == (0.407, 0.182)
+    assert rows[("Caffe's bvlc_alexnet", 1)] == (0.429, 0.198)
+    assert rows[("torchvision's alexnet weights", 1)] == pytest.approx((1 - 0.56522, 1 - 0.79066))
+    assert table["comparable"] and not error_table(result, 999)["comparable"]

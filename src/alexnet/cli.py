@@ -215,6 +215,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .imagenet import error_table, format_error_table, is_imagenet
     from .inference import default_eval_dir, evaluate_folder, load_classifier, write_eval_csv
 
     clf = load_classifier(args.checkpoint, device=args.device)
@@ -225,6 +226,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _print_mode("evaluate", result["inference"])
     classes = list(clf.card.classes)
     out = Path(args.output) if args.output else default_eval_dir(clf.source, result["folder"])
+    if args.ten_crop and is_imagenet(classes):  # the paper's Table 2, next to its references
+        result["table"] = error_table(result, sum(1 for n in result["per_class_images"] if n))
     if args.json:
         slim = {k: v for k, v in result.items() if k not in ("confusion", "per_class_images")}
         slim["per_class_top1"] = {
@@ -241,9 +244,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 f"top-5 {r['top5']:.2%} (error {r['top5_error']:.2%})   loss {r['loss']:.4f}",
                 flush=True,
             )
+        if "table" in result:
+            print(format_error_table(result["table"]), flush=True)
     # The numbers are out before anything is written: a read-only run folder loses nothing but the CSVs.
     try:
-        files = write_eval_csv(result, classes, out)
+        files = write_eval_csv(result, classes, out, clf.card.words)
     except UserError as e:
         print(f"alexnet evaluate: error: {e}; the results above were not saved (choose a folder with --output)",
               file=sys.stderr)  # fmt: skip
@@ -287,7 +292,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 continue
             print(r["file"])
             for t in r["top"]:
-                print(f"  {t['probability']:7.2%}  {t['class']}")
+                shown = f"{t['words']} ({t['class']})" if "words" in t else t["class"]
+                print(f"  {t['probability']:7.2%}  {shown}")
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"alexnet predict: error: {r['file']}: {r['error']}", file=sys.stderr)

@@ -17,7 +17,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,8 @@ from .engine import evaluate, normalize
 from .errors import FlagError, UserError
 from .export import OnnxModel, is_onnx_file
 from .files import atomic_write_bytes
-from .registry import create_model, get_spec, imagenet_categories
+from .imagenet import class_words, imagenet_words
+from .registry import create_model, get_spec
 
 if TYPE_CHECKING:
     from .quantize import Calibration
@@ -135,7 +136,8 @@ def load_classifier(
     if model is not None or weights is not None:
         if model is None or weights is None:
             raise FlagError("--model and --weights go together (e.g. --model alexnet --weights alexnet.pth)")
-        card = get_spec(model).card.trained(model, imagenet_categories())
+        table = imagenet_words()  # torchvision's weights: ImageNet's classes in wnid order
+        card = get_spec(model).card.trained(model, list(table), words=list(table.values()))
         return Classifier.from_module(create_model(model, 1000, weights=weights), card, str(weights), device)
     if source is None:
         raise FlagError("give a checkpoint (or run folder, or .onnx file), or --model NAME --weights PATH")
@@ -149,10 +151,10 @@ def load_classifier(
         mode = {"mode": f"onnxruntime-{onnx.precision}", "precision": onnx.precision}
         if onnx.quantization is not None:
             mode["calibration"] = onnx.quantization
-        return Classifier(onnx, onnx.card, str(source), mode=mode)
+        return Classifier(onnx, _named(onnx.card), str(source), mode=mode)
     path = resolve_checkpoint_path(source)
     net, meta = load_checkpoint(path)
-    clf = Classifier.from_module(net, checkpoint_card(meta, path), str(path), device)
+    clf = Classifier.from_module(net, _named(checkpoint_card(meta, path)), str(path), device)
     clf.train_data = meta.get("data") if isinstance(meta.get("data"), str) else None
     return clf
 
@@ -215,6 +217,9 @@ def predict_files(
             results[i]["top"] = [
                 {"class": clf.card.classes[c], "index": c, "probability": p} for p, c in zip(v, k, strict=True)
             ]
+            if clf.card.words:
+                for t in results[i]["top"]:
+                    t["words"] = clf.card.name(t["index"])
     return results
 
 
@@ -291,16 +296,18 @@ def evaluate_folder(
     return result
 
 
-def write_eval_csv(result: dict[str, Any], classes: list[str], folder: str | os.PathLike) -> dict[str, str]:
-    """``per_class.csv`` (class, images, top-1) and ``confusion.csv`` (rows: true class, columns:
-    predicted) in ``folder``, plus the whole result as ``metrics.json``; returns the paths."""
+def write_eval_csv(
+    result: dict[str, Any], classes: list[str], folder: str | os.PathLike, words: Sequence[str] = ()
+) -> dict[str, str]:
+    """``per_class.csv`` (class, its ``words`` when known, images, top-1) and ``confusion.csv`` (rows: true
+    class, columns: predicted) in ``folder``, plus the whole result as ``metrics.json``; returns the paths."""
     folder = Path(folder)
     per_class = io.StringIO()
     w = csv.writer(per_class)
-    w.writerow(["class", "images", "top1"])
-    for name, n, acc in zip(classes, result["per_class_images"], result["per_class_top1"], strict=True):
+    w.writerow(["class", *(["words"] if words else []), "images", "top1"])
+    for i, (name, n, acc) in enumerate(zip(classes, result["per_class_images"], result["per_class_top1"], strict=True)):
         if n:
-            w.writerow([name, n, f"{acc:.6f}"])
+            w.writerow([name, *([words[i]] if words else []), n, f"{acc:.6f}"])
     confusion = io.StringIO()
     w = csv.writer(confusion)
     w.writerow(["true \\ predicted", *classes])
@@ -313,6 +320,11 @@ def write_eval_csv(result: dict[str, Any], classes: list[str], folder: str | os.
     paths["metrics"] = folder / "metrics.json"
     atomic_write_bytes(paths["metrics"], (json.dumps(slim, indent=2) + "\n").encode())
     return {k: str(v) for k, v in paths.items()}
+
+
+def _named(card: ModelCard) -> ModelCard:
+    """A card without words gets ImageNet's when its classes are ImageNet's wnids (cards written before words)."""
+    return card if card.words else replace(card, words=class_words(card.classes))
 
 
 def default_eval_dir(source: str, data_folder: str) -> Path:

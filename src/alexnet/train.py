@@ -29,6 +29,7 @@ from .distributed import Context, ShardSampler, parse_devices, place_columns
 from .engine import evaluate, recompute_bn_stats, train_one_epoch
 from .errors import FlagError, TrainingDiverged, UserError
 from .health import chance_warning
+from .imagenet import class_words
 from .models import min_input_size
 from .optim import LARS, lars_param_groups
 from .progress import Reporter
@@ -58,7 +59,7 @@ class TrainData:
                 loader.sampler.set_epoch(epoch)
 
 
-def model_card(cfg: TrainConfig, classes: list[str]) -> ModelCard:
+def model_card(cfg: TrainConfig, classes: list[str], words: tuple[str, ...] = ()) -> ModelCard:
     """The card of the model ``cfg`` trains on ``classes`` (sizes checked against the model here)."""
     spec = get_spec(cfg.model)
     resize, crop = cfg.resize_size or spec.card.resize_size, cfg.input_size or spec.card.input_size
@@ -66,7 +67,7 @@ def model_card(cfg: TrainConfig, classes: list[str]) -> ModelCard:
         raise FlagError(f"the input size {crop} is larger than the resize size {resize} (--input-size, --resize-size)")
     if crop < min_input_size(spec):
         raise FlagError(f"{cfg.model} needs inputs of at least {min_input_size(spec)} pixels, not --input-size {crop}")
-    return spec.card.trained(_saved_name(cfg), classes, crop, resize)
+    return spec.card.trained(_saved_name(cfg), classes, crop, resize, words)
 
 
 def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, ctx: Context) -> TrainData:
@@ -99,7 +100,7 @@ def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, ctx: Conte
             f"{data_root} has a single class folder ({classes[0]}): a classifier needs at least two classes "
             "(DATA/<class>/<images> with one folder per class)"
         )
-    card = model_card(cfg, classes)
+    card = model_card(cfg, classes, class_words(classes, getattr(train_ds, "words", ())))
     batch = cfg.batch_size // ctx.world
     shard = functools.partial(ShardSampler, rank=ctx.rank, world=ctx.world, seed=cfg.seed)
     train = make_loader(train_ds, batch, sampler=shard(len(train_ds)), workers=cfg.workers)

@@ -147,6 +147,12 @@ def _model_index(clf: Classifier, name: str) -> int | None:
         return None
 
 
+def _shown(clf: Classifier, name: str) -> str:
+    """A folder class name as the figures write it: the model's words for it ("tabby"), else the name."""
+    index = _model_index(clf, name)
+    return clf.card.name(index, short=True) if index is not None else name
+
+
 def _crop(clf: Classifier, image: Tensor) -> Tensor:
     """The uint8 centre crop the network sees."""
     return TF.center_crop(image, [clf.card.input_size, clf.card.input_size])
@@ -232,14 +238,15 @@ def predictions_figure(
         true_index = _model_index(clf, true_name)
         ax = fig.add_subplot(grid[2 * r, c])
         _show(ax, crop)
-        ax.set_xlabel(true_name, fontsize=10, fontweight="bold")
+        ax.set_xlabel(_shown(clf, true_name), fontsize=10, fontweight="bold")
         bars = fig.add_subplot(grid[2 * r + 1, c])
         names = [clf.card.classes[i] for i in top_i[n].tolist()]
+        shown = [clf.card.name(i, short=True) for i in top_i[n].tolist()]
         values = top_p[n].tolist()
         colours = [TRUE_COLOUR if i == true_index else OTHER_COLOUR for i in top_i[n].tolist()]
         ypos = np.arange(k)[::-1]
         bars.barh(ypos, values, color=colours, height=0.8)
-        for y, name, v in zip(ypos, names, values, strict=True):
+        for y, name, v in zip(ypos, shown, values, strict=True):
             bars.text(0.02, y, f"{name}  {v:.0%}", va="center", ha="left", fontsize=8.5)
         bars.set(xlim=(0, 1), ylim=(-0.6, k - 0.4), yticks=[], xticks=[])  # the percentages are written
         hits += true_index in top_i[n].tolist()
@@ -279,7 +286,7 @@ def neighbors_figure(
     axes = fig.subplots(len(queries), k + 1, squeeze=False)
     for r, (q, t) in enumerate(queries):
         _show(axes[r, 0], _crop(clf, clf.decode(q)))
-        axes[r, 0].set_xlabel(query_classes[t], fontsize=9, fontweight="bold")
+        axes[r, 0].set_xlabel(_shown(clf, query_classes[t]), fontsize=9, fontweight="bold")
         for side in axes[r, 0].spines.values():
             side.set(color=TRUE_COLOUR, linewidth=2)
         for c, (i, d) in enumerate(zip(found["indices"][r].tolist(), found["distances"][r].tolist(), strict=True)):
@@ -287,7 +294,8 @@ def neighbors_figure(
             g, gt = gallery[i]
             _show(ax, _crop(clf, clf.decode(g)))
             same = gallery_classes[gt] == query_classes[t]
-            ax.set_xlabel(f"{gallery_classes[gt]}\nd={d:.3g}", fontsize=8, color="#2ca02c" if same else "#555555")
+            caption = f"{_shown(clf, gallery_classes[gt])}\nd={d:.3g}"
+            ax.set_xlabel(caption, fontsize=8, color="#2ca02c" if same else "#555555")
     axes[0, 0].set_title("query", fontsize=10)
     for c in range(k):
         axes[0, c + 1].set_title(f"neighbour {c + 1}", fontsize=10)
@@ -419,7 +427,8 @@ def confusion_figure(
 
     result = evaluate_folder(clf, folder, workers=workers, precision=precision)
     title = f"{clf.card.model} on {result['folder']}: top-1 {result['top1']:.1%}"
-    fig = plot_confusion(np.asarray(result["confusion"]), clf.card.classes, path, title=title, limit=limit)
+    names = [clf.card.name(i, short=True) for i in range(clf.card.num_classes)]
+    fig = plot_confusion(np.asarray(result["confusion"]), names, path, title=title, limit=limit)
     fig.summary += f" (top-1 {result['top1']:.1%})"
     fig.details["top1"] = result["top1"]
     return fig

@@ -126,6 +126,7 @@ def create_app(
         return {
             "model": card.model,
             "classes": list(card.classes),
+            **({"words": list(card.words)} if card.words else {}),
             "num_classes": card.num_classes,
             "input_size": card.input_size,
             "resize_size": card.resize_size,
@@ -184,6 +185,9 @@ def create_app(
         results = []
         for name, (_, (w, h)), v, ix in zip(names, decoded, values.tolist(), indices.tolist(), strict=True):
             top = [{"class": clf.card.classes[c], "index": c, "probability": p} for p, c in zip(v, ix, strict=True)]
+            if clf.card.words:
+                for t in top:
+                    t["words"] = clf.card.name(t["index"])
             results.append({"file": name, "width": w, "height": h, "top": top})
         return JSONResponse(
             {
