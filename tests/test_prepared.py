@@ -303,6 +303,18 @@ def test_evaluation_maps_a_prepared_splits_classes_onto_the_models_by_name(tmp_p
     assert result["per_class_images"] == [0, 3, 3]
 
 
+def test_evaluating_a_split_without_images_is_an_error_not_a_score(numbered, capsys):
+    card = get_spec("alexnet_small").card.trained("alexnet_small", ["c0", "c1", "c2"])
+    clf = Classifier.from_module(create_model("alexnet_small", 3), card, "untrained", torch.device("cpu"))
+    path = numbered / prepared.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["splits"][prepared.ALL].update(shards=[], images=0, bytes=0)
+    path.write_text(json.dumps(manifest))
+    with warnings.catch_warnings(), pytest.raises(UserError, match=rf"^{numbered / prepared.ALL} holds no images"):
+        warnings.simplefilter("ignore", PreparedWarning)  # prepared at 8 px, read at 36
+        evaluate_folder(clf, numbered, precision="fp32", workers=0)
+
+
 # --------------------------------------------------------------------------------------------
 # Damaged or tampered datasets: refused in one line, never read as wrong pixels or labels
 # --------------------------------------------------------------------------------------------

@@ -261,6 +261,31 @@ def test_curves_of_a_run_folder(tmp_path):
         curves_figure(tmp_path, tmp_path / "c.png")
 
 
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('{"epoch": "x", "train_loss": null}', "line 2: epoch is 'x', not a whole number"),
+        ('{"epoch": 2, "train_loss": "2.5"}', "line 2: train_loss is '2.5', not a number"),
+        ('{"epoch": 2, "val_top1": [0.5]}', "line 2: val_top1 is [0.5], not a number"),
+    ],
+)
+def test_curves_of_a_metrics_file_with_a_value_that_is_no_number_is_one_line(line, words, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 2.3, "lr": 0.01}\n' + line + "\n")
+    assert main(["visualize", str(run), "curves", "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{run / 'metrics.jsonl'} {words}" in err, err
+
+
+def test_curves_draw_what_there_is_when_a_value_is_null(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": null, "val_loss": 2.0, "val_top1": 0.5}\n')
+    fig = curves_figure(run, tmp_path / "c.png")
+    assert fig.summary.endswith("1 epochs of " + f"{run}: loss, top-1/top-5 error, lr (val top-1 50.0%)")
+
+
 def test_confused_classes_picks_the_classes_of_the_largest_confusions():
     m = np.diag(np.full(40, 10))
     m[3, 7], m[12, 3], m[30, 31], m[5, 6] = 9, 8, 7, 1

@@ -266,6 +266,8 @@ def evaluate_folder(
         prepared.refuse_split_folder(resolve_dataset(root))
         folder = eval_folder(root)
         ds = data.ImageFolderDataset(folder, data.decode_transform(clf.card.resize_size), strict=strict)
+    if len(ds) == 0:  # a score of 0% on nothing would read as a result
+        raise UserError(f"{folder} holds no images to evaluate")
     known = clf.card.classes
     unknown = [c for c in ds.classes if c not in known]
     if unknown:

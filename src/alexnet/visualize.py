@@ -314,6 +314,9 @@ def neighbors_figure(
 # --------------------------------------------------------------------------------------------
 # Training curves
 # --------------------------------------------------------------------------------------------
+CURVES = ("train_loss", "val_loss", "train_top1", "val_top1", "train_top5", "val_top5", "lr")  # what plots draw
+
+
 def run_history(run_dir: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]:
     """A run folder (or a checkpoint inside one) -> (run folder, its ``metrics.jsonl`` rows)."""
     p = Path(run_dir)
@@ -323,13 +326,28 @@ def run_history(run_dir: str | os.PathLike) -> tuple[Path, list[dict[str, Any]]]
     if not metrics.is_file():
         raise UserError(f"{p} is not a run folder (no metrics.jsonl); give the folder alexnet train wrote")
     try:
-        rows = [json.loads(s) for s in metrics.read_text().splitlines() if s.strip()]
-        rows = [r for r in rows if isinstance(r, dict) and "epoch" in r]
+        lines = [(n, json.loads(s)) for n, s in enumerate(metrics.read_text().splitlines(), 1) if s.strip()]
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {metrics}: {e}") from e
+    rows = [r for _, r in lines if isinstance(r, dict) and "epoch" in r]
+    for n, r in lines:
+        if isinstance(r, dict) and "epoch" in r and (problem := _not_a_number(r)):
+            raise UserError(f"{metrics} line {n}: {problem} (not a line alexnet train wrote)")
     if not rows:
         raise UserError(f"{metrics} holds no finished epoch yet")
     return p, rows
+
+
+def _not_a_number(row: dict[str, Any]) -> str | None:
+    """What in a metrics row cannot be plotted: the epoch must be a whole number, the curves numbers or null."""
+    number = (int, float)
+    if isinstance(row["epoch"], bool) or not isinstance(row["epoch"], int):
+        return f"epoch is {row['epoch']!r}, not a whole number"
+    for key in CURVES:
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, number)):
+            return f"{key} is {value!r}, not a number"
+    return None
 
 
 def curves_figure(run_dir: str | os.PathLike, path: str | os.PathLike) -> Figure:
@@ -339,9 +357,9 @@ def curves_figure(run_dir: str | os.PathLike, path: str | os.PathLike) -> Figure
     folder, rows = run_history(run_dir)
     width, height = plot_curves(rows, path)
     last = rows[-1]
-    val = f", val top-1 {last['val_top1']:.1%}" if last.get("val_top1") is not None else ""
-    summary = f"{len(rows)} epochs of {folder}: loss, top-1/top-5 error, lr (last train loss {last['train_loss']:.3f}"
-    summary += f"{val})"
+    shown = [f"last train loss {last['train_loss']:.3f}"] if last.get("train_loss") is not None else []
+    shown += [f"val top-1 {last['val_top1']:.1%}"] if last.get("val_top1") is not None else []
+    summary = f"{len(rows)} epochs of {folder}: loss, top-1/top-5 error, lr ({', '.join(shown) or 'no numbers'})"
     return Figure(Path(path), width, height, summary, {"epochs": len(rows)})
 
 
