@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
+
+# The modes' measured timings go to a file of this test session's own, not the user's cache: a test never
+# depends on what an earlier run measured, and the processes it starts (torchrun) share the file.
+os.environ["ALEXNET_MODE_CACHE"] = str(Path(tempfile.mkdtemp(prefix="alexnet-modes-")) / "modes.json")
 
 # Three classes a small network separates in a few steps: a dominant colour plus noise.
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 60, 230)}

@@ -91,8 +91,8 @@ def format_table(result: dict[str, Any]) -> Any:
         table.add_row(
             *_cells(r), style="bold green" if id(r) in best else ("dim" if r["model"] != result["model"] else None)
         )
-    parts: list[Any] = [table, *(Text(line[2:]) for line in _int8_lines(result))]
-    parts.append(Text(describe_machine(result["machine"]), style="dim"))
+    parts: list[Any] = [table, *(Text(line[2:]) for line in _int8_lines(result) + _auto_lines(result))]
+    parts.append(Text(f"{_machine_class(result)}: {describe_machine(result['machine'])}", style="dim"))
     for s in result["skipped"]:
         parts.append(Text(f"skipped {s['phase']} {s['mode']} (batch {s['batch_size']}): {s['reason']}", style="yellow"))
     return Group(*parts)
@@ -103,7 +103,8 @@ def markdown_report(result: dict[str, Any]) -> str:
     m = result["machine"]
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
     lines = [
-        f"Measured {m['date']} by `alexnet benchmark --model {result['model']}` on {describe_machine(m)}.",
+        f"Measured {m['date']} by `alexnet benchmark --model {result['model']}` on {describe_machine(m)} "
+        f"(machine class: {_machine_class(result)}).",
         f"Matmul peak (median): {peaks} GFLOP/s{' (int8: GOP/s)' if 'int8' in result['peak_gflops'] else ''}. "
         f"{_method(result)}",
         "",
@@ -118,7 +119,7 @@ def markdown_report(result: dict[str, Any]) -> str:
             f"- {r['phase']}, batch {r['batch_size']}: **{r['ratio_to_baseline']:.2f}x**{rounds} with `{r['mode']}` "
             f"({r['images_per_s']:.1f} images/s{pct}){target}"
         )
-    lines += _int8_lines(result)
+    lines += _int8_lines(result) + _auto_lines(result)
     lines += ["", "| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in _sorted_rows(result)]
     if result["skipped"]:
@@ -129,15 +130,31 @@ def markdown_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _int8_lines(result: dict[str, Any], reference: str = "onednn-bf16") -> list[str]:
-    """Each int8 mode against ``reference`` at each batch size: the quotient of their ratios to the baseline."""
-    rows = {(r["mode"], r["batch_size"]): r for r in result["rows"] if r["model"] == result["model"]}
+def _int8_lines(result: dict[str, Any]) -> list[str]:
+    """Each int8 row against the fastest row of another precision at the same batch size: the quotient of
+    their ratios to the baseline."""
+    rows = [r for r in result["rows"] if r["model"] == result["model"] and r["phase"] == "inference"]
     lines = []
-    for (mode, batch), r in sorted(rows.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
-        if r["precision"] == "int8" and (reference, batch) in rows:
-            ratio = r["ratio_to_baseline"] / rows[reference, batch]["ratio_to_baseline"]
-            lines.append(f"- int8, batch {batch}: `{mode}` is {ratio:.2f}x `{reference}`")
+    for r in sorted((r for r in rows if r["precision"] == "int8"), key=lambda r: (-r["batch_size"], r["mode"])):
+        others = [o for o in rows if o["batch_size"] == r["batch_size"] and o["precision"] != "int8"]
+        if others:
+            o = max(others, key=lambda o: o["ratio_to_baseline"])
+            ratio = r["ratio_to_baseline"] / o["ratio_to_baseline"]
+            lines.append(f"- int8, batch {r['batch_size']}: `{r['mode']}` is {ratio:.2f}x `{o['mode']}`")
     return lines
+
+
+def _auto_lines(result: dict[str, Any]) -> list[str]:
+    """What ``--precision auto`` picks at each phase and batch size, against the best row there."""
+    lines = []
+    for a in result.get("auto", []):
+        share = f": {a['of_best']:.0%} of the best row's ratio (`{a['best_mode']}`)" if "of_best" in a else ""
+        lines.append(f"- `auto` at {a['phase']} batch {a['batch_size']}: `{a['mode']}`{share}")
+    return lines
+
+
+def _machine_class(result: dict[str, Any]) -> str:
+    return result.get("machine_class") or "unknown class"
 
 
 def write_block(path: str | os.PathLike, start: str, end: str, body: str, *, heading: str | None = None) -> bool:

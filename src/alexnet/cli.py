@@ -153,15 +153,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- evaluate
 def _precision_arg(p: argparse.ArgumentParser) -> None:
-    from .modes import INT8_MIN_IMAGES
-
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16", "fp16", "int8"],
         default="auto",
-        help=f"auto: the fastest of int8 (on a CPU with VNNI/AMX, for {INT8_MIN_IMAGES} images or more), "
-        "bf16/oneDNN and fp32 whose top-1 agrees with fp32 on >= 99%% of held-out images; int8: quantise the "
-        "checkpoint now (default: %(default)s)",
+        help="auto: the mode measured fastest for this job on this machine (timings cached per machine) among "
+        "those whose top-1 agrees with fp32 on >= 99%% of held-out images; bf16 only where it is native; "
+        "int8: quantise the checkpoint now (default: %(default)s)",
     )
     p.add_argument(
         "--calibration", metavar="DATA",
@@ -183,9 +181,14 @@ def _calibration(args: argparse.Namespace, card: object, **kw: object) -> object
 
 
 def _print_mode(command: str, mode: dict) -> None:
-    """How the inference mode was chosen: the fallback's reason, int8's agreement and calibration (stderr)."""
+    """How the inference mode was chosen (stderr): why this one, why earlier candidates were passed over, a
+    precision that is slow here, int8's agreement and calibration."""
+    if mode.get("reason"):
+        print(f"alexnet {command}: mode {mode['reason']}", file=sys.stderr)
     if mode.get("fallback_reason"):
-        print(f"alexnet {command}: using {mode['mode']}: {mode['fallback_reason']}", file=sys.stderr)
+        print(f"alexnet {command}: passed over: {mode['fallback_reason']}", file=sys.stderr)
+    if mode.get("note"):
+        print(f"alexnet {command}: note: {mode['note']}", file=sys.stderr)
     if "agreement" in mode:
         print(f"alexnet {command}: {mode['mode']} agrees with fp32 on {mode['agreement']:.1%} of held-out images",
               file=sys.stderr)  # fmt: skip
@@ -335,7 +338,15 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     p.add_argument(
-        "--rounds", type=_at_least(1), default=5,
+        "--full", action="store_true",
+        help="every mode in rounds and no time budget (default: the fastest mode of each precision, within --budget)",
+    )  # fmt: skip
+    p.add_argument(
+        "--budget", type=float, default=170.0, metavar="SECONDS",
+        help="without --full: modes whose set-up would not fit are listed as not measured (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rounds", type=_at_least(1), default=3,
         help="measurements of each mode, alternating with the baseline's (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
@@ -353,8 +364,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
 
     from .bench import run_benchmark
     from .bench_report import format_table, update_readme
+    from .device import resolve_device
 
-    err = Console(stderr=True)
+    if not args.budget > 0:
+        raise UserError(f"--budget must be a positive number of seconds, not {args.budget}")
+    device = resolve_device(args.device)  # a device this machine lacks is one line, before any work
+    err = Console(stderr=True, soft_wrap=True)
     result = run_benchmark(
         args.model,
         args.batch_sizes,
@@ -362,7 +377,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
         train_batch_size=args.train_batch_size,
         modes=args.modes,
         train_modes=args.train_modes,
-        device=args.device,
+        device=device,
+        full=args.full,
+        budget_s=args.budget,
         rounds=args.rounds,
         repeats=args.repeats,
         tune_allocator=not args.no_allocator_tuning,
@@ -574,6 +591,10 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         fig = viz.confusion_figure(clf, target, out, limit=args.limit, workers=args.workers, precision=args.precision)
     else:
         fig = viz.activations_figure(clf, target, out)
+    if clf.mode.get("reason"):  # the figures that classify: how their mode was chosen
+        _print_mode("visualize", clf.mode)
+    if fig.details.get("note"):
+        print(f"alexnet visualize: note: {fig.details['note']}", file=sys.stderr)
     print(fig.line())
     return 0
 

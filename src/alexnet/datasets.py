@@ -24,6 +24,7 @@ from PIL import Image
 
 from .data import stratified_split
 from .errors import UserError
+from .files import default_cache_dir
 
 __all__ = [
     "DATASETS",
@@ -35,11 +36,6 @@ __all__ = [
 ]
 
 _MARKER = ".complete"
-
-
-def default_cache_dir() -> Path:
-    """``$ALEXNET_CACHE``, else ``~/.cache/alexnet``."""
-    return Path(os.environ.get("ALEXNET_CACHE") or Path.home() / ".cache" / "alexnet")
 
 
 def _complete(folder: Path, version: int) -> bool:

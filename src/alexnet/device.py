@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,8 +22,11 @@ __all__ = [
     "DTYPES",
     "resolve_device",
     "resolve_precision",
+    "CpuCapabilities",
+    "cpu_capabilities",
     "native_bf16",
     "native_int8",
+    "emulated_precision_note",
     "default_precision",
     "autocast_context",
     "sgd_kwargs",
@@ -68,18 +73,68 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _probe(name: str) -> bool:
+    """One of torch's CPUID probes (``torch.cpu._is_avx2_supported`` ...): False where this build has none."""
+    fn = getattr(torch.cpu, name, None)
+    try:
+        return bool(fn()) if fn is not None else False
+    except RuntimeError:
+        return False
+
+
+@dataclass(frozen=True)
+class CpuCapabilities:
+    """What the CPU computes natively, as its CPUID answers (torch's probes, else Linux's flags).
+
+    ``bf16``: AVX512-BF16 or AMX-BF16 (or Arm's BF16): without them bf16 is emulated and slower than fp32.
+    ``int8``: VNNI or AMX-INT8, four int8 multiply-adds per fp32 FMA; without them int8 runs on AVX2's
+    16-bit products (slower, and saturating unless the weights keep 7 bits).
+    """
+
+    avx2: bool
+    avx512: bool
+    bf16: bool
+    int8: bool
+    amx: bool
+
+    @property
+    def machine_class(self) -> str:
+        """One phrase for the class of machine: AMX, AVX-512 with bf16/VNNI, AVX-512, AVX2, or neither."""
+        if self.amx:
+            return "AMX"
+        if self.avx512:
+            extra = [n for n, on in (("bf16", self.bf16), ("VNNI", self.int8)) if on]
+            return "AVX-512" + (f" with {'/'.join(extra)}" if extra else "")
+        if self.avx2:
+            return "AVX2" + (" with VNNI" if self.int8 else "")
+        return platform.machine() or "unknown"
+
+
+@functools.cache
+def cpu_capabilities() -> CpuCapabilities:
+    """This CPU's :class:`CpuCapabilities`, asked once."""
+    flags = _cpu_flags()
+    amx = _probe("_is_amx_tile_supported") or "amx_tile" in flags
+    return CpuCapabilities(
+        avx2=_probe("_is_avx2_supported") or "avx2" in flags,
+        avx512=_probe("_is_avx512_supported") or "avx512f" in flags,
+        bf16=_probe("_is_avx512_bf16_supported") or amx or bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}),
+        int8=_probe("_is_vnni_supported") or amx or bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
+        amx=amx,
+    )
+
+
 def native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether ``device`` computes bf16 natively (not emulated, so bf16 is actually faster).
 
-    CPU: the AVX512-BF16 or AMX-BF16 instructions (Linux ``/proc/cpuinfo`` flags), or the ARMv8.6
-    BF16 extension. CUDA: compute capability 8.0 (Ampere) or newer.
+    CPU: :func:`cpu_capabilities` ``.bf16``. CUDA: compute capability 8.0 (Ampere) or newer.
     """
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != "cpu":
         return False
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+    return cpu_capabilities().bf16
 
 
 def native_int8(device: torch.device | str = "cpu") -> bool:
@@ -87,7 +142,19 @@ def native_int8(device: torch.device | str = "cpu") -> bool:
     multiply-adds where an fp32 FMA does one, twice what bf16 does, so int8 inference is faster there."""
     if torch.device(device).type != "cpu":
         return False
-    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return cpu_capabilities().int8
+
+
+def emulated_precision_note(precision: str, device: torch.device | str) -> str | None:
+    """Why ``precision`` would be slow on ``device`` (emulated or without its fast instructions), else None."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return None
+    if precision == "bf16" and not native_bf16(device):
+        return "this CPU has no native bf16 (AVX512-BF16/AMX): bf16 is emulated here and slower than fp32"
+    if precision == "int8" and not native_int8(device):
+        return "this CPU has no int8 dot products (VNNI/AMX): int8 runs on 16-bit products, with 7-bit weights"
+    return None
 
 
 def default_precision(device: torch.device | str) -> Precision:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from . import data
 from .columns import AlexNetColumns, to_grouped
-from .errors import UserError
+from .errors import ModeUnavailable, UserError
 from .inference import Classifier, eval_folder
 from .models import AlexNet
 
@@ -75,7 +75,13 @@ class FeatureExtractor:
         self.mode = mode or str(clf.mode.get("mode", "eager-fp32"))
         if self.mode == "onnxruntime-fp32":
             self.mode = "eager-fp32"
-        self.predictor = prepare_inference(self.model, self.mode, example, clf.device)
+        self.note: str | None = None  # why the features run in another mode than asked, if they do
+        try:
+            self.predictor = prepare_inference(self.model, self.mode, example, clf.device)
+        except ModeUnavailable as e:  # the cut network packs or compiles differently from the whole one
+            self.note = f"fc7 features in eager-fp32: {e}"
+            self.mode = "eager-fp32"
+            self.predictor = prepare_inference(self.model, self.mode, example, clf.device)
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.predictor(images)
@@ -154,7 +160,7 @@ def find_neighbors(
     and the feature timing."""
     heldout = clf.preprocess(torch.stack([clf.decode(p) for p, _ in gallery[:256]]))
     # The features run in the mode the classifier is accepted in (top-1 agreement on these images).
-    clf.fast(heldout if precision == "auto" else None, precision)
+    clf.fast(heldout, precision, batch_size, workload=len(gallery) + len(queries))
     extractor = FeatureExtractor(clf, example=heldout[:batch_size])
     feats, timing = extractor.dataset(clf, gallery, batch_size=batch_size, workers=workers)
     position = {str(p): i for i, (p, _) in enumerate(gallery)}
@@ -168,4 +174,5 @@ def find_neighbors(
             rows.append(extra[j])
             j += 1
     indices, dists = nearest(torch.stack(rows), feats, k, metric)
-    return {"indices": indices, "distances": dists, "timing": timing, "mode": extractor.mode, "features": feats}
+    return {"indices": indices, "distances": dists, "timing": timing, "mode": extractor.mode, "note": extractor.note,
+            "features": feats}  # fmt: skip

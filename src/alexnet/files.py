@@ -9,9 +9,15 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["atomic_write_bytes", "check_writable", "clean_stale_temp_files", "TEMP_SUFFIX"]
+__all__ = ["atomic_write_bytes", "check_writable", "clean_stale_temp_files", "default_cache_dir", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".tmp"
+
+
+def default_cache_dir() -> Path:
+    """Where the bundled datasets and the measured mode timings are kept: ``$ALEXNET_CACHE``, else
+    ``~/.cache/alexnet``."""
+    return Path(os.environ.get("ALEXNET_CACHE") or Path.home() / ".cache" / "alexnet")
 
 
 def _umask() -> int:

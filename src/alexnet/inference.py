@@ -95,15 +95,12 @@ class Classifier:
                 raise UserError(f"{self.source} is a {own} model; --precision {precision} needs a checkpoint "
                                 f"(or an export made with{'' if precision == 'int8' else 'out'} --int8)")  # fmt: skip
             return self
-        from .modes import INFERENCE_MODES, inference_candidates, resolve_inference_mode
+        from .modes import resolve_inference_mode
 
-        candidates = inference_candidates(precision, self.device, workload)
-        if calibration is None and any(INFERENCE_MODES[m].precision == "int8" for m in candidates):
-            calibration = self._training_calibration()
         example = heldout[:batch_size] if heldout is not None else None
         predictor, report = resolve_inference_mode(
             self.module, precision, device=self.device, heldout=heldout, example_input=example,
-            calibration=calibration, workload=workload,
+            calibration=calibration if calibration is not None else self._training_calibration, workload=workload,
         )  # fmt: skip
         self.forward, self.mode = predictor, report
         return self

@@ -11,7 +11,9 @@ fp32 on at least 99% of held-out images (:func:`agreement`, :func:`resolve_infer
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import tempfile
 import time
 import warnings
@@ -23,11 +25,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from .device import DTYPES, Precision, autocast_context, default_precision, native_int8, sgd_kwargs
+from . import device as _device
+from .device import DTYPES, Precision, autocast_context, sgd_kwargs
 from .engine import backward_update, forward_loss
-from .errors import ModeUnavailable
+from .errors import InputTooSmall, ModeUnavailable, UserError
 
 if TYPE_CHECKING:
+    from .autotune import TimingCache
     from .quantize import Calibration
 
 __all__ = [
@@ -39,19 +43,17 @@ __all__ = [
     "TrainStep",
     "prepare_inference",
     "prepare_training",
+    "training_candidates",
+    "resolve_training_mode",
     "agreement",
     "resolve_inference_mode",
     "inference_mode_for",
     "inference_candidates",
     "AGREEMENT_THRESHOLD",
-    "INT8_MIN_IMAGES",
 ]
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 AGREEMENT_THRESHOLD = 0.99
-# ``auto`` tries int8 only for at least this many images: quantising (an export and a calibration pass in
-# fp32) and compiling first cost about what int8's gain over bf16 at batch 64 saves on this many images.
-INT8_MIN_IMAGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,10 @@ INFERENCE_MODES: dict[str, Mode] = {
         Mode("onnxruntime-int8", "int8", "onnxruntime-int8", _INT8, _CPU, False, "ONNX Runtime, static int8 (QDQ)"),
     )
 }
-# The int8 modes, fastest first on an x86 CPU with VNNI/AMX (``alexnet benchmark`` measures both): at
-# batch 64 oneDNN's int8 convolutions are faster than ONNX Runtime's (its QLinearConv is slower than bf16
-# oneDNN there); ONNX Runtime is the fallback where there is no C++ compiler or torchao.
+# The order a precision's modes are tried in when none has been timed on this machine (``auto`` times
+# them: :func:`resolve_inference_mode`); the rest of a precision's modes follow in the table's order.
+_FIRST = {"cpu": {"fp32": "onednn-fp32", "bf16": "onednn-bf16", "int8": "compile-int8"},
+          "cuda": {"fp32": "channels-last-fp32", "bf16": "bf16", "fp16": "fp16"}}  # fmt: skip
 INT8_MODES = ("compile-int8", "onnxruntime-int8")
 
 TRAINING_MODES: dict[str, Mode] = {
@@ -106,6 +109,7 @@ TRAINING_MODES: dict[str, Mode] = {
     for m in (
         Mode("eager-fp32", "fp32", "eager", _EXACT, _ANY, False, "NCHW, plain SGD: the baseline's set-up"),
         Mode("channels-last-fp32", "fp32", "eager", _FP32, _ANY, True, "channels-last, fused SGD"),
+        Mode("compile-fp32", "fp32", "compile", 1e-3, _ANY, True, "channels-last, fused SGD, compiled"),
         # bf16 gradients of a freshly initialised net differ from fp32's by ~10% in norm (cos ~0.98-0.997)
         Mode("autocast-bf16", "bf16", "autocast", 5e-2, _ANY, True, "autocast, channels-last, fused SGD"),
         Mode("compile-bf16", "bf16", "compile", 5e-2, _ANY, True, "autocast, channels-last, fused SGD, compiled"),
@@ -114,22 +118,29 @@ TRAINING_MODES: dict[str, Mode] = {
 }
 
 
+def _modes_of(precision: str, device: torch.device) -> list[str]:
+    """The inference modes of ``precision`` that run on ``device``, the one tried first (:data:`_FIRST`) first."""
+    modes = [m.name for m in INFERENCE_MODES.values() if m.precision == precision and device.type in m.devices]
+    first = _FIRST.get(device.type, {}).get(precision)
+    return sorted(modes, key=lambda m: m != first)
+
+
 def inference_mode_for(precision: str, device: torch.device | str) -> str:
-    """The fastest inference mode of a precision on a device (``auto`` = :func:`default_precision`)."""
+    """The mode of a precision tried first on a device when none has been timed there (``auto``: of the
+    precision :func:`~alexnet.device.default_precision` names)."""
     device = torch.device(device)
     if precision == "auto":
-        precision = default_precision(device)
-    if precision == "int8":
-        if device.type != "cpu":
-            raise ModeUnavailable(f"int8 inference runs on the CPU, not {device.type}; use bf16 or fp16 there")
-        return INT8_MODES[0]
-    if precision not in DTYPES:
+        precision = _device.default_precision(device)
+    if precision not in (*DTYPES, "int8"):
         raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16, fp16 or int8")
-    if device.type == "cpu":
-        if precision == "fp16":
-            raise ModeUnavailable("fp16 needs a GPU; use bf16 or fp32 on the CPU")
-        return "onednn-bf16" if precision == "bf16" else "onednn-fp32"
-    return {"fp32": "channels-last-fp32", "bf16": "bf16", "fp16": "fp16"}[precision]
+    if precision == "int8" and device.type != "cpu":
+        raise ModeUnavailable(f"int8 inference runs on the CPU, not {device.type}; use bf16 or fp16 there")
+    if precision == "fp16" and device.type == "cpu":
+        raise ModeUnavailable("fp16 needs a GPU; use fp32 (or bf16 where the CPU has it natively) on the CPU")
+    modes = _modes_of(precision, device)
+    if not modes:
+        raise ModeUnavailable(f"no {precision} inference mode runs on {device.type}")
+    return modes[0]
 
 
 def _check_device(mode: Mode, device: torch.device) -> None:
@@ -348,19 +359,27 @@ def prepare_inference(
         example_input = torch.randn(1, 3, size, size)
     example_input = example_input.to(device, torch.float32)
     start = time.perf_counter()
-    fn = ENGINES[spec.engine](model.eval(), spec, device, example_input, calibration)
-    record = _calibrated(example_input, calibration).record() if spec.precision == "int8" else None
-    predictor = Predictor(mode, device, fn, calibration=record)
-    try:
+    with _refusals_as_unavailable(mode):  # packing, exporting, quantising, compiling, the first run
+        fn = ENGINES[spec.engine](model.eval(), spec, device, example_input, calibration)
+        record = _calibrated(example_input, calibration).record() if spec.precision == "int8" else None
+        predictor = Predictor(mode, device, fn, calibration=record)
         predictor(example_input)  # compiles / warms up; fails here rather than mid-evaluation
-    except ModeUnavailable:
-        raise
-    except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
-        raise ModeUnavailable(
-            f"{mode} failed on this machine: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        ) from e
     predictor.setup_s = time.perf_counter() - start
     return predictor
+
+
+@contextlib.contextmanager
+def _refusals_as_unavailable(mode: str) -> Iterator[None]:
+    """What a backend raises where it cannot run (oneDNN refusing bf16 on a CPU without AVX-512, inductor
+    without a working C++ compiler, ONNX Runtime's own errors) becomes :class:`ModeUnavailable`, with the
+    reason in one line; the project's own errors about the input pass through as they are."""
+    try:
+        yield
+    except (ModeUnavailable, UserError, InputTooSmall):
+        raise
+    except Exception as e:  # noqa: BLE001 - the runtimes raise their own types; each means "not here"
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise ModeUnavailable(f"{mode} cannot run on this machine: {type(e).__name__}: {first[:300]}") from e
 
 
 def _batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -392,23 +411,23 @@ def agreement(
     return float((predicted == reference.cpu()).float().mean())
 
 
-def inference_candidates(precision: str, device: torch.device | str, workload: int | None = None) -> list[str]:
-    """The modes :func:`resolve_inference_mode` tries for ``precision``, in order.
+def inference_candidates(precision: str, device: torch.device | str) -> list[str]:
+    """The modes :func:`resolve_inference_mode` chooses among for ``precision``, in the order tried when
+    none has been timed here.
 
-    ``auto``: int8 where the CPU computes it natively and there are at least :data:`INT8_MIN_IMAGES`
-    images to classify (``workload``), then :func:`default_precision`'s mode, then fp32. An explicit
-    precision: its modes, then plain PyTorch fp32 (for a build without oneDNN, compiler or onnxruntime).
+    ``auto``: every mode of the device in a precision it computes natively (bf16 only with native bf16:
+    emulated it is slower than fp32; int8 on the CPU), then fp32's. An explicit precision: its modes,
+    then plain PyTorch fp32 (for a build without oneDNN, compiler or onnxruntime).
     """
     device = torch.device(device)
     if precision == "auto":
-        int8 = native_int8(device) and workload is not None and workload >= INT8_MIN_IMAGES
-        modes = [*(INT8_MODES if int8 else ()), inference_mode_for("auto", device), inference_mode_for("fp32", device)]
-    elif precision == "int8":
-        inference_mode_for("int8", device)  # raises off the CPU
-        modes = list(INT8_MODES)
+        precisions = ["bf16"] if _device.native_bf16(device) else []
+        precisions += ["int8"] if device.type == "cpu" else (["fp16"] if device.type == "cuda" else [])
+        modes = [m for p in [*precisions, "fp32"] for m in _modes_of(p, device)]
     else:
-        modes = [inference_mode_for(precision, device)]
-    return list(dict.fromkeys([*modes, "eager-fp32"]))
+        inference_mode_for(precision, device)  # refuses what cannot run on this device at all
+        modes = _modes_of(precision, device)
+    return [m for m in modes if m != "eager-fp32"] + ["eager-fp32"]
 
 
 def resolve_inference_mode(
@@ -419,34 +438,64 @@ def resolve_inference_mode(
     heldout: torch.Tensor | None = None,
     example_input: torch.Tensor | None = None,
     threshold: float = AGREEMENT_THRESHOLD,
-    calibration: Calibration | None = None,
+    calibration: Calibration | Callable[[], Calibration | None] | None = None,
     workload: int | None = None,
+    cache: TimingCache | None = None,
+    measure: bool = True,
 ) -> tuple[Predictor, dict[str, Any]]:
     """The predictor ``evaluate``/``predict`` should use for ``--precision`` (auto, fp32, bf16, fp16, int8).
 
-    Tries :func:`inference_candidates` in order. Under ``auto`` a reduced-precision mode is kept only if
-    its top-1 agrees with fp32 on at least ``threshold`` of ``heldout`` (normalised images; without them
-    the mode is taken on the strength of the benchmark's checks); a mode that cannot run here, or fails
-    the check, gives way to the next. An explicit precision is used as asked (int8's agreement is still
-    measured and reported when ``heldout`` is given). int8 modes calibrate on ``calibration`` (default:
-    ``heldout``, else the example input). Returns the predictor and a report: mode, agreement (of the
-    mode used), setup_s, calibration (int8), and why each earlier candidate was passed over.
+    The candidates (:func:`inference_candidates`) are ranked by what they would cost this job on this
+    machine (:func:`alexnet.autotune.rank_modes`: timed on ``example_input``, whose batch size is the job's,
+    for ``workload`` images; timings cached per machine). Under ``auto`` a reduced-precision mode is kept
+    only if its top-1 agrees with fp32 on at least ``threshold`` of ``heldout`` (normalised images; without
+    them the mode is taken on the strength of the benchmark's checks); a mode that cannot run here, or
+    fails the check, gives way to the next. An explicit precision is used as asked, the fastest of its
+    modes (int8's agreement is still measured and reported when ``heldout`` is given). int8 modes
+    calibrate on ``calibration`` (default: ``heldout``, else the example input). Returns the predictor and
+    a report: mode, reason (one line: why this mode), timings, setup_s, agreement (of a reduced precision),
+    calibration (int8), note (a precision that is slow here), and fallback_reason (why earlier candidates
+    were passed over). ``calibration`` may be a function giving one (or None), called only if an int8
+    mode is prepared.
     """
-    device = torch.device(device) if device is not None else _model_device(model)
-    if calibration is None and heldout is not None:
-        from .quantize import Calibration
+    from .autotune import named, rank_modes, shape_key, time_prepared
 
-        calibration = Calibration(heldout.cpu(), f"the {len(heldout)} held-out images the agreement is checked on")
-    report: dict[str, Any] = {}
+    device = torch.device(device) if device is not None else _model_device(model)
+    if example_input is None:
+        size = model.spec.card.input_size if hasattr(model, "spec") else 224
+        example_input = torch.randn(1, 3, size, size)
+    calibration = _lazy_calibration(calibration, heldout)
+    candidates = inference_candidates(precision, device)
+    ranked_modes = candidates if precision in ("auto", "fp32") else candidates[:-1]  # eager-fp32: the last resort
+    example = example_input.to(device, torch.float32)
+    ranked = rank_modes(
+        ranked_modes,
+        engines={m: INFERENCE_MODES[m].engine for m in ranked_modes},
+        device=device,
+        shape=shape_key(model, "inference", example.shape),
+        prepare=lambda m: prepare_inference(model, m, example, device, calibration=calibration(m)),
+        timer=lambda p: time_prepared(lambda: p(example), device),
+        batches=None if workload is None else math.ceil(workload / example.shape[0]),
+        cache=cache,
+        measure=measure,
+    )
+    if ranked_modes is not candidates:
+        from .autotune import Choice
+
+        ranked.append(Choice("eager-fp32"))
+    report: dict[str, Any] = {"timings": _timings_report(ranked)}
     reasons: list[str] = []
     reference, rejected = None, set()
-    for mode in inference_candidates(precision, device, workload):
-        if INFERENCE_MODES[mode].precision in rejected:
-            continue  # the same precision by another engine: the same recipe, much the same answers
+    for choice in ranked:
+        mode = choice.mode
+        if choice.failed or INFERENCE_MODES[mode].precision in rejected:
+            continue
         try:
-            predictor = prepare_inference(model, mode, example_input, device, calibration=calibration)
+            predictor = choice.prepared or prepare_inference(
+                model, mode, example, device, calibration=calibration(mode)
+            )
         except ModeUnavailable as e:
-            reasons.append(str(e))
+            choice.skipped, choice.failed = named(mode, e), True
             continue
         # int8 reports its agreement even when asked for by name: it is the mode most likely to change answers.
         if heldout is not None and INFERENCE_MODES[mode].precision != "fp32" and precision in ("auto", "int8"):
@@ -458,13 +507,67 @@ def resolve_inference_mode(
                 rejected.add(INFERENCE_MODES[mode].precision)
                 continue
             report["agreement"] = agree
-        report.update(mode=mode, setup_s=predictor.setup_s)
+        reasons += [c.skipped for c in ranked if c.failed]
+        report.update(mode=mode, setup_s=predictor.setup_s, reason=_why(ranked, choice, precision))
         if predictor.calibration is not None:
             report["calibration"] = predictor.calibration
         if reasons:
             report["fallback_reason"] = "; ".join(reasons)
+        if (note := _device.emulated_precision_note(INFERENCE_MODES[mode].precision, device)) is not None:
+            report["note"] = note
         return predictor, report
-    raise ModeUnavailable(f"no inference mode could run: {'; '.join(reasons)}")
+    failed = "; ".join(c.skipped for c in ranked if c.failed) or "; ".join(reasons)
+    raise ModeUnavailable(f"no inference mode could run: {failed}")
+
+
+def _lazy_calibration(
+    calibration: Calibration | Callable[[], Calibration | None] | None, heldout: torch.Tensor | None
+) -> Callable[[str], Calibration | None]:
+    """``mode`` -> what it calibrates on: None for a mode that is not int8; else ``calibration`` (called
+    once, if a function), else the held-out images, else None (the example input)."""
+    resolved: list[Calibration | None] = []
+
+    def for_mode(mode: str) -> Calibration | None:
+        if INFERENCE_MODES[mode].precision != "int8":
+            return None
+        if not resolved:
+            given = calibration() if callable(calibration) else calibration
+            if given is None and heldout is not None:
+                from .quantize import Calibration
+
+                given = Calibration(heldout.cpu(), f"the {len(heldout)} held-out images the agreement is checked on")
+            resolved.append(given)
+        return resolved[0]
+
+    return for_mode
+
+
+def _timings_report(ranked: list) -> dict[str, dict[str, Any]]:
+    """Each candidate's timing (ms per batch, set-up, measured now or cached) or why it has none."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in ranked:
+        if c.timing is not None:
+            out[c.mode] = {"ms_per_batch": round(1e3 * c.timing.seconds, 3), "setup_s": round(c.timing.setup_s, 2),
+                           "source": c.source}  # fmt: skip
+        elif c.skipped:
+            out[c.mode] = {"skipped": c.skipped}
+    return out
+
+
+def _why(ranked: list, chosen: Any, precision: str) -> str:
+    """One line: why ``chosen`` runs."""
+    asked = "" if precision == "auto" else f"{precision} as asked: "
+    timed = [c for c in ranked if c.timing is not None]
+    if chosen.timing is None:
+        return f"{asked}{chosen.mode}, the first that runs here of the modes not timed on this machine"
+    ms = f"{1e3 * chosen.timing.seconds:.1f} ms/batch"
+    cached = sum(c.source == "cached" for c in timed)
+    where = "cached" if cached == len(timed) else ("measured now" if not cached else f"{cached} of them cached")
+    if len(timed) == 1:
+        return f"{asked}{chosen.mode} ({ms}), the only mode timed on this machine ({where})"
+    faster = [c.mode for c in timed if c is not chosen and c.timing.seconds < chosen.timing.seconds]
+    lead = "the fastest" if not faster else f"the least set-up plus run time (faster: {', '.join(faster)})"
+    return f"{asked}{chosen.mode} ({ms}), {lead} of {len(timed)} modes timed on this machine ({where})"
 
 
 @torch.inference_mode()
@@ -512,12 +615,21 @@ class TrainStep:
         if spec.engine == "compile":
             _require_compiler(self.device)
             self.forward = torch.compile(model)
+        self._first = True
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         targets = targets.to(self.device, non_blocking=True)
+        if self._first:  # compiling happens here: a compiler or kernel that cannot run is reported, not fatal
+            with _refusals_as_unavailable(self.mode):
+                loss = self._step(x, targets)
+            self._first = False
+            return loss
+        return self._step(x, targets)
+
+    def _step(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss, _ = forward_loss(self.forward, x, targets, device=self.device, precision=self.precision)
         backward_update(loss, self.optimizer, scaler=self.scaler)
         return loss.detach()
@@ -529,3 +641,78 @@ def prepare_training(
     """A :class:`TrainStep` for ``model`` (trained in place) in a :data:`TRAINING_MODES` mode;
     ``sgd``: lr, momentum, weight_decay."""
     return TrainStep(model, mode, device=device, **sgd)
+
+
+def training_candidates(precision: str, device: torch.device | str) -> list[str]:
+    """The training modes :func:`resolve_training_mode` chooses among, in the order tried when none has
+    been timed here: ``auto`` takes bf16 where it is native, else fp16 on a GPU, and fp32; an explicit
+    precision its own modes (each eager and compiled)."""
+    device = torch.device(device)
+    if precision == "auto":
+        precision = _device.default_precision(device)
+        precisions = [precision, "fp32"] if precision != "fp32" else ["fp32"]
+    else:
+        precisions = [_device.resolve_precision(precision, device)]
+    modes = [m.name for p in precisions for m in TRAINING_MODES.values() if m.precision == p]
+    return [m for m in modes if device.type in TRAINING_MODES[m].devices and m != "eager-fp32"]
+
+
+def resolve_training_mode(
+    model: nn.Module,
+    precision: str,
+    *,
+    device: torch.device | str,
+    batch_shape: tuple[int, ...],
+    num_classes: int,
+    steps: int | None,
+    compile_ok: bool = True,
+    cache: TimingCache | None = None,
+    measure: bool = True,
+) -> tuple[str, dict[str, Any]]:
+    """The training mode for ``precision`` measured fastest for this run (:func:`alexnet.autotune.rank_modes`:
+    a few steps of a copy of ``model`` on random images of ``batch_shape``, weighed over ``steps``; the
+    weights, the random generators and the model are left as they were). ``compile_ok=False`` leaves out
+    the compiled modes (data-parallel and two-device runs). Returns the mode and a report (mode, reason,
+    timings, fallback_reason where a mode could not run here, note where the precision is slow here).
+    """
+    from .autotune import Choice, named, rank_modes, shape_key, time_prepared
+
+    device = torch.device(device)
+    candidates = [m for m in training_candidates(precision, device) if compile_ok or "compile" not in m]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*batch_shape, generator=gen).to(device)
+    y = torch.randint(0, num_classes, (batch_shape[0],), generator=gen).to(device)
+
+    def prepare(mode: str) -> TrainStep:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            step = TrainStep(copy.deepcopy(model), mode, lr=1e-6, device=device)
+            step(x, y)  # warms up; compiles
+        return step
+
+    def timer(step: TrainStep) -> float:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return time_prepared(lambda: step(x, y).item(), device, calls=2, budget_s=5.0)
+
+    ranked = rank_modes(
+        candidates,
+        engines={m: TRAINING_MODES[m].engine for m in candidates},
+        device=device,
+        shape=shape_key(model, "train", batch_shape),
+        prepare=prepare,
+        timer=timer,
+        batches=steps,
+        cache=cache,
+        measure=measure,
+    )
+    chosen: Choice | None = next((c for c in ranked if not c.failed and c.timing is not None), None)
+    chosen = chosen or next((c for c in ranked if not c.failed), None)
+    if chosen is None:
+        failed = "; ".join(c.skipped for c in ranked)
+        raise ModeUnavailable(f"no training mode could run: {failed}")
+    report: dict[str, Any] = {"mode": chosen.mode, "timings": _timings_report(ranked)}
+    report["reason"] = _why(ranked, chosen, precision).replace("ms/batch", "ms/step")
+    if failed := [named(c.mode, c.skipped) for c in ranked if c.failed]:
+        report["fallback_reason"] = "; ".join(failed)
+    if (note := _device.emulated_precision_note(TRAINING_MODES[chosen.mode].precision, device)) is not None:
+        report["note"] = note
+    return chosen.mode, report

@@ -31,6 +31,7 @@ from .errors import FlagError, TrainingDiverged, UserError
 from .health import chance_warning
 from .imagenet import class_words
 from .models import min_input_size
+from .modes import TRAINING_MODES, resolve_training_mode
 from .optim import LARS, lars_param_groups
 from .progress import Reporter
 from .recipes import TrainConfig, config_from_dict, config_to_dict
@@ -214,7 +215,7 @@ def _fit(
             f"--batch-size {cfg.batch_size} (the global batch) does not split evenly over {ctx.world} processes"
         )
     _column_devices(cfg, ctx)  # a flag refused before anything is written
-    precision = resolve_precision(cfg.precision, ctx.device)
+    resolve_precision(cfg.precision, ctx.device)  # an impossible precision is refused before any work
     if ctx.device.type == "cpu":
         tune_cpu_allocator()
     torch.manual_seed(cfg.seed)  # the initial weights
@@ -223,15 +224,23 @@ def _fit(
     if resume and saved["classes"] != list(ds.card.classes):
         raise UserError(f"{writer.last} was trained on classes {saved['classes'][:5]}..., not this data's")
     model = build_model(cfg, ds.card.num_classes, ctx, model_state(tensors) if tensors is not None else None)
+    mode, mode_lines = choose_mode(cfg, model, ds, ctx, saved)
+    precision = TRAINING_MODES[mode].precision if mode else resolve_precision(cfg.precision, ctx.device)
+    if mode and TRAINING_MODES[mode].engine == "compile":
+        model.compile()  # in place: the state_dict keeps its keys
     optimizer = build_optimizer(cfg, model, ctx.device)
     schedule = make_schedule(cfg, optimizer, len(ds.train), ds.card.num_classes)
     scaler = torch.amp.GradScaler(ctx.device.type) if precision == "fp16" else None
     if tensors is not None:
         load_training_state(tensors, saved, optimizer, schedule)
     meta = {**ds.card.to_json(), "recipe": cfg.recipe, "config": config_to_dict(cfg), "data": str(ds.root)}
+    if mode:
+        meta["training_mode"] = mode
     writer.write_config(cfg)
     start = saved.get("epoch", 0)
     report.start(cfg, ds, model, ctx, precision, run_dir, start)
+    for line in mode_lines if start < cfg.epochs else []:
+        report.log(line)
     for epoch in range(start, cfg.epochs):
         lr = optimizer.param_groups[0]["lr"]
         ctx.seed(cfg.seed, epoch)
@@ -263,6 +272,33 @@ def _fit(
         report.warn(chance_warning(writer.history, ds.card.num_classes, _score(tr, va).images), epoch + 1)
     writer.close()
     return {"run_dir": str(run_dir), "history": writer.history, "best_top1": writer.best_top1, "card": ds.card}
+
+
+def choose_mode(
+    cfg: TrainConfig, model: nn.Module, ds: TrainData, ctx: Context, saved: dict[str, Any]
+) -> tuple[str | None, list[str]]:
+    """The training mode (:data:`~alexnet.modes.TRAINING_MODES`) for ``cfg.precision``: the one a resumed run
+    used (so that it continues as it began), else the one measured fastest for this run here
+    (:func:`~alexnet.modes.resolve_training_mode`), chosen by rank 0 for every process. None where the
+    modes do not apply (the two-device split, devices other than CPU and CUDA): ``precision`` alone. Also
+    the lines that say why, for the log."""
+    if cfg.model_parallel or ctx.device.type not in ("cpu", "cuda") or saved.get("epoch", 0) >= cfg.epochs:
+        return None, []
+    if cfg.precision == "auto" and saved.get("training_mode") in TRAINING_MODES:
+        return saved["training_mode"], [f"training mode {saved['training_mode']}, as the run began"]
+    result: tuple[str, dict[str, Any]] | None = None
+    if ctx.is_main:
+        per_process = cfg.batch_size // ctx.world
+        size = ds.card.input_size
+        result = resolve_training_mode(
+            _unwrapped(model), cfg.precision, device=ctx.device, batch_shape=(per_process, 3, size, size),
+            num_classes=ds.card.num_classes, steps=len(ds.train) * (cfg.epochs - saved.get("epoch", 0)),
+            compile_ok=not ctx.distributed,
+        )  # fmt: skip
+    mode, why = ctx.broadcast(result)  # type: ignore[misc]
+    lines = [f"training mode {why['reason']}"]
+    lines += [f"passed over: {why['fallback_reason']}"] if why.get("fallback_reason") else []
+    return mode, lines + ([f"note: {why['note']}"] if why.get("note") else [])
 
 
 def _recompute_bn(model: nn.Module, ds: TrainData, cfg: TrainConfig, ctx: Context, precision: str) -> None:

@@ -206,7 +206,7 @@ def predict_samples(
     """(uint8 crops, probabilities) of the sample images, in the fastest accepted mode."""
     images = torch.stack([clf.decode(p) for p, _ in samples])
     x = clf.preprocess(images)
-    clf.fast(x if precision == "auto" else None, precision)
+    clf.fast(x if precision == "auto" else None, precision, workload=len(x))
     return _crop(clf, images), clf(x).softmax(1)
 
 
