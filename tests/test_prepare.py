@@ -302,6 +302,70 @@ def test_a_source_edited_in_place_at_the_same_size_is_converted_again_on_resume(
     assert _files(tmp_path / "dst") == _files(tmp_path / "straight")
 
 
+def test_a_stray_journal_folder_does_not_make_prepare_delete_or_overwrite_a_users_files(source, tmp_path):
+    """A folder holding a ``.prepare`` folder passes for an unfinished job; prepare may then delete or replace
+    only what its journal recorded writing there."""
+    src, _ = source
+    dst = tmp_path / "u"
+    (dst / prepared.JOURNAL).mkdir(parents=True)
+    (dst / prepared.JOURNAL / "notes.txt").write_text("mine")
+    (dst / "train").mkdir()
+    mine = {"train/00007.shard": "mine", "train/.draft.tmp": "mine", "train/00000.shard": "mine"}
+    for name, text in mine.items():
+        (dst / name).write_text(text)
+    options = PrepareOptions(size=16, shard_images=4)
+    with pytest.raises(UserError, match=rf"{dst / 'train' / '00000.shard'} is no shard this job wrote"):
+        prepare_dataset(src, dst, options, workers=0, quiet=True)
+    (dst / "train" / "00000.shard").unlink()
+    del mine["train/00000.shard"]
+    prepare_dataset(src, dst, options, workers=0, quiet=True)
+    assert all((dst / name).read_text() == text for name, text in mine.items())
+    assert (dst / prepared.JOURNAL / "notes.txt").read_text() == "mine"
+    assert len(PreparedDataset(dst, "train")) == 12
+
+
+def test_shards_of_an_unfinished_longer_plan_are_deleted_as_the_journal_recorded_them(source, tmp_path):
+    src, expected = source
+    broken = expected["train"][-1][0]  # in the last train shard: a --strict run writes the ones before it
+    saved = broken.read_bytes()
+    broken.write_bytes(b"broken")
+    with pytest.raises(UserError, match="unreadable image"):
+        prepare_dataset(
+            src, tmp_path / "dst", PrepareOptions(size=16, shard_images=2), strict=True, workers=0, quiet=True
+        )
+    assert (tmp_path / "dst" / "train" / "00004.shard").exists()
+    broken.write_bytes(saved)
+    options = PrepareOptions(size=16, shard_images=4)  # 3 train shards now: 00003-00005 are stale
+    prepare_dataset(src, tmp_path / "dst", options, workers=0, quiet=True)
+    prepare_dataset(src, tmp_path / "straight", options, workers=0, quiet=True)
+    assert _files(tmp_path / "dst") == _files(tmp_path / "straight")
+
+
+def test_postscript_and_extreme_aspects_among_the_sources_are_skipped_and_listed(source, tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    src, expected = source
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: calls.append(args) or 1 / 0)
+    Image.new("RGB", (8, 8)).save(src / "train" / "cat" / "drawing.png", format="EPS")
+    Image.new("L", (100_000, 1)).save(src / "train" / "dog" / "strip.png")  # 1.6 Mpixel at 16 px
+    prepare_dataset(src, tmp_path / "dst", PrepareOptions(size=16), workers=0, quiet=True)
+    lines = (tmp_path / "dst" / "skipped.tsv").read_text().splitlines()[1:]
+    reasons = {Path(line.split("\t")[0]).name: line.split("\t")[1] for line in lines}
+    assert set(reasons) == {"drawing.png", "strip.png"} and calls == []
+    assert "cannot identify image file" in reasons["drawing.png"]
+    assert "100000x1 pixels is over the limit of 100:1" in reasons["strip.png"]
+    assert len(PreparedDataset(tmp_path / "dst", "train")) == len(expected["train"])
+    # Within the limit, but longer at 660 px than a shard's index holds (int(660 * 699 / 7) = 65905 > 65535)
+    for name, (w, h) in {"a/small.png": (4, 4), "b/small.png": (4, 4), "b/wide.png": (699, 7)}.items():
+        (tmp_path / "src2" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (w, h)).save(tmp_path / "src2" / name)
+    prepare_dataset(tmp_path / "src2", tmp_path / "dst2", PrepareOptions(size=660), workers=0, quiet=True)
+    [line] = (tmp_path / "dst2" / "skipped.tsv").read_text().splitlines()[1:]
+    assert line.startswith(str(tmp_path / "src2" / "b" / "wide.png"))
+    assert "699x7 pixels would be 65905 pixels long at 660, over the 65535 a shard's index holds" in line
+
+
 def test_a_full_disk_is_one_clear_error_and_leaves_no_half_shard(source, tmp_path, monkeypatch):
     src, _ = source
 

@@ -20,7 +20,6 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -198,6 +197,12 @@ def _init_worker(queue: Any) -> None:
 
 
 def _encode(image: Any, options: PrepareOptions) -> tuple[np.ndarray, int, int]:
+    short, long = sorted(image.size)
+    if options.mode == "shorter-side" and int(options.size * long / short) > 65535:  # torchvision's rounding
+        raise ValueError(
+            f"{image.width}x{image.height} pixels would be {int(options.size * long / short)} pixels long at "
+            f"{options.size}, over the 65535 a shard's index holds"
+        )
     x = prepared.downsample(TF.pil_to_tensor(image), options.size, options.mode)
     h, w = x.shape[-2:]
     if options.encoding == "jpeg":
@@ -356,7 +361,7 @@ def prepare_dataset(
     if (dst / prepared.MANIFEST).is_file():
         manifest = prepared.read_manifest(dst)
         if manifest.get("digest") == plan.digest:
-            shutil.rmtree(dst / prepared.JOURNAL, ignore_errors=True)
+            _drop_journal(dst)
             log(f"{dst} is already prepared from {src} with these options: nothing to do")
             return {**manifest, "converted": 0, "seconds": 0.0}
         raise UserError(
@@ -370,7 +375,7 @@ def prepare_dataset(
         raise UserError(f"cannot write {dst}: {e.strerror or e}") from e
     for folder in [dst / s for s in plan.splits]:
         if folder.is_dir():
-            for stale in folder.glob(f".*{TEMP_SUFFIX}"):  # left by a killed run
+            for stale in folder.glob(f".[0-9]*.shard.*{TEMP_SUFFIX}"):  # left by a killed run (named in _convert)
                 stale.unlink(missing_ok=True)
 
     results: dict[tuple[str, int], ShardResult] = {}
@@ -380,6 +385,7 @@ def prepare_dataset(
         if done is not None:
             results[(task.split, task.number)] = done
         else:
+            _refuse_foreign(task.path)
             todo.append(task)
     already = sum(len(t.files) for t in plan.tasks) - sum(len(t.files) for t in todo)
     if already:
@@ -437,8 +443,9 @@ def _finish(
             ],
         }
         skipped += [s for r in shards for s in r.skipped]
-        for stale in (dst / split).glob("*.shard"):  # shards of an older, longer plan
-            if stale.name not in {f"{r.number:05d}.shard" for r in shards}:
+        for stale in (dst / split).glob("*.shard"):  # shards of an older, longer plan, as the journal recorded
+            journaled = (dst / prepared.JOURNAL / f"{split}-{stale.stem}.json").is_file()
+            if journaled and stale.name not in {f"{r.number:05d}.shard" for r in shards}:
                 stale.unlink()
     report = "path\treason\n" + "".join(f"{p}\t{reason}\n" for p, reason in skipped)
     atomic_write_bytes(dst / REPORT, report.encode())
@@ -455,8 +462,34 @@ def _finish(
         "splits": splits,
     }
     atomic_write_bytes(dst / prepared.MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-    shutil.rmtree(dst / prepared.JOURNAL, ignore_errors=True)
+    _drop_journal(dst)
     return manifest
+
+
+def _refuse_foreign(path: Path) -> None:
+    """A file where a shard is to go that is no shard (a user's, in a folder that only looks like an
+    unfinished job) is refused rather than replaced; a shard there without its record (a run killed between
+    renaming it in and recording it) is replaced."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(prepared.MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from e
+    if magic != prepared.MAGIC:
+        raise UserError(
+            f"{path} is no shard this job wrote: move it away, or choose a new or empty folder for the dataset"
+        )
+
+
+def _drop_journal(dst: Path) -> None:
+    """Delete the journal's records (and their temporary files), then its folder if nothing else is in it."""
+    journal = dst / prepared.JOURNAL
+    for record in [*journal.glob("*-[0-9]*.json"), *journal.glob(f".*-[0-9]*.json.*{TEMP_SUFFIX}")]:
+        record.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        journal.rmdir()
 
 
 class _bar:
