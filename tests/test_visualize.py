@@ -170,6 +170,50 @@ def test_the_true_class_bar_is_red_and_as_long_as_its_probability(tiny_data, tmp
     assert np.abs(widths - unit * np.array(true_p)).max() <= 4, (widths, true_p)  # a few pixels of edge
 
 
+@pytest.fixture
+def prepared_tiny(tiny_data, tmp_path):
+    """tiny_data prepared at the card's resize size (40): its stored pixels are the folder loader's own."""
+    from alexnet.prepare import PrepareOptions, prepare_dataset
+
+    prepare_dataset(tiny_data, tmp_path / "prepared", PrepareOptions(size=40), workers=0, quiet=True)
+    return tmp_path / "prepared"
+
+
+def test_predictions_of_a_prepared_dataset_are_those_of_its_held_out_images(clf, small, tiny_data, prepared_tiny,
+                                                                             tmp_path):  # fmt: skip
+    fig = predictions_figure(clf, prepared_tiny, tmp_path / "p.png", count=6, precision="fp32")
+    assert read_png(tmp_path / "p.png").shape[:2] == (fig.height, fig.width) == (2 * 440, 4 * 330)
+    sources = sorted((tiny_data / "val").glob("*/*.png"))  # the val split's items, in the order prepared
+    records = fig.details["records"]
+    assert len(records) == 6 and {r["true"] for r in records} == {"red", "green", "blue"}
+    for r in records:
+        assert r["file"].startswith(f"{prepared_tiny / 'val'} image ")
+        source = sources[int(r["file"].rsplit(" ", 1)[1])]
+        assert r["true"] == source.parent.name
+        probs = reference_probabilities(small, source)
+        order = probs.argsort(descending=True).tolist()
+        assert [name for name, _ in r["top"]] == [CARD.classes[i] for i in order]
+        assert [p for _, p in r["top"]] == pytest.approx(probs[order].tolist(), rel=1e-4)
+
+
+def test_neighbors_of_a_prepared_dataset_are_its_folders_neighbours(clf, tiny_data, prepared_tiny, tmp_path):
+    kw = dict(count=3, k=4, workers=0, precision="fp32")
+    on_folder = neighbors_figure(clf, tiny_data, tmp_path / "f.png", **kw)
+    on_prepared = neighbors_figure(clf, prepared_tiny, tmp_path / "p.png", **kw)
+    assert "3 queries x 4 nearest of 24 training images" in on_prepared.summary
+    # the same pixels, the same order of the images: the same neighbours at the same distances
+    assert on_prepared.details["indices"].tolist() == on_folder.details["indices"].tolist()
+    torch.testing.assert_close(on_prepared.details["distances"], on_folder.details["distances"])
+
+
+def test_the_command_draws_predictions_and_neighbors_of_a_prepared_dataset(checkpoint, prepared_tiny, tmp_path,
+                                                                           capsys):  # fmt: skip
+    for what in ("predictions", "neighbors"):
+        argv = ["visualize", str(checkpoint), what, str(prepared_tiny), "--output", str(tmp_path / "out")]
+        assert main([*argv, "--workers", "0", "--precision", "fp32"]) == 0
+        assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'out' / what}.png")
+
+
 # --------------------------------------------------------------------------------------------- fc7 features
 def hand_fc7(model, x: torch.Tensor) -> torch.Tensor:
     """fc6 and fc7 applied by hand: relu(W7 relu(W6 flatten(avgpool(features(x))) + b6) + b7)."""

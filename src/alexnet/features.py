@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
 
 from . import data
 from .columns import AlexNetColumns, to_grouped
@@ -89,17 +90,22 @@ class FeatureExtractor:
     def dataset(
         self,
         clf: Classifier,
-        samples: Sequence[tuple[Path, int]],
+        samples: Sequence[tuple[Any, int]],
         *,
         batch_size: int = 64,
         workers: int = 2,
+        images: Dataset | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """fc7 features of image files, in order (decoded by ``workers`` processes, as ``evaluate``
-        does); and the timing: images, seconds, images/s. An unreadable file raises :class:`UserError`."""
-        ds = data.ImageFolderDataset.from_samples(
-            samples, ["?"] * (max((t for _, t in samples), default=0) + 1), data.decode_transform(clf.card.resize_size),
-            strict=True,
-        )  # fmt: skip
+        does); and the timing: images, seconds, images/s. An unreadable file raises :class:`UserError`.
+        With ``images`` (items ``(uint8 image, target)``, e.g. a prepared split) the keys are its indices."""
+        if images is not None:
+            ds: Dataset = Subset(images, [key for key, _ in samples])
+        else:
+            ds = data.ImageFolderDataset.from_samples(
+                samples, ["?"] * (max((t for _, t in samples), default=0) + 1),
+                data.decode_transform(clf.card.resize_size), strict=True,
+            )  # fmt: skip
         loader = data.make_loader(ds, batch_size, shuffle=False, workers=min(workers, len(samples)), seed=0)
         out, start, forward_s = [], time.perf_counter(), 0.0
         for batch in loader:
@@ -146,26 +152,34 @@ def neighbor_folders(root: str | os.PathLike) -> tuple[Path, Path]:
 
 def find_neighbors(
     clf: Classifier,
-    gallery: Sequence[tuple[Path, int]],
-    queries: Sequence[tuple[Path, int]],
+    gallery: Sequence[tuple[Any, int]],
+    queries: Sequence[tuple[Any, int]],
     *,
     k: int = 6,
     metric: Metric = "euclidean",
     batch_size: int = 64,
     workers: int = 2,
     precision: str = "auto",
+    gallery_images: Dataset | None = None,
+    query_images: Dataset | None = None,
 ) -> dict[str, Any]:
-    """The ``k`` gallery images nearest each query by their fc7 vectors. A query that is itself in the
-    gallery reuses the gallery's vector (so it finds itself at distance 0). Returns indices, distances
-    and the feature timing."""
-    heldout = clf.preprocess(torch.stack([clf.decode(p) for p, _ in gallery[:256]]))
+    """The ``k`` gallery images nearest each query by their fc7 vectors. Keys are image paths, or indices
+    into ``gallery_images`` / ``query_images`` (datasets of ``(uint8 image, target)``, e.g. prepared splits).
+    A query that is itself in the gallery (the same key of the same images) reuses the gallery's vector (so
+    it finds itself at distance 0). Returns indices, distances and the feature timing."""
+    first = [gallery_images[p][0] if gallery_images is not None else clf.decode(p) for p, _ in gallery[:256]]
+    heldout = clf.preprocess(torch.stack(first))
     # The features run in the mode the classifier is accepted in (top-1 agreement on these images).
     clf.fast(heldout, precision, batch_size, workload=len(gallery) + len(queries))
     extractor = FeatureExtractor(clf, example=heldout[:batch_size])
-    feats, timing = extractor.dataset(clf, gallery, batch_size=batch_size, workers=workers)
-    position = {str(p): i for i, (p, _) in enumerate(gallery)}
+    feats, timing = extractor.dataset(clf, gallery, batch_size=batch_size, workers=workers, images=gallery_images)
+    position = {str(p): i for i, (p, _) in enumerate(gallery)} if query_images is gallery_images else {}
     missing = [q for q in queries if str(q[0]) not in position]
-    extra, _ = extractor.dataset(clf, missing, batch_size=batch_size, workers=0) if missing else (None, None)
+    extra, _ = (
+        extractor.dataset(clf, missing, batch_size=batch_size, workers=0, images=query_images)
+        if missing
+        else (None, None)
+    )
     rows, j = [], 0
     for q, _ in queries:
         if str(q) in position:

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from . import data
+from . import data, prepared
+from .datasets import resolve_dataset
 from .errors import UserError
 from .features import Metric, find_neighbors, neighbor_folders, torch_model
 from .files import atomic_write_bytes
@@ -47,6 +48,9 @@ __all__ = [
     "activations_figure",
     "kernel_tiles",
     "labelled_samples",
+    "Labelled",
+    "held_out_images",
+    "neighbor_images",
 ]
 
 WHATS = ("filters", "predictions", "neighbors", "curves", "confusion", "activations")
@@ -120,10 +124,62 @@ def labelled_samples(folder: str | os.PathLike) -> tuple[list[tuple[Path, int]],
     return list(ds.samples), list(ds.classes)
 
 
-def spread(samples: Sequence[tuple[Path, int]], count: int, seed: int = 0) -> list[tuple[Path, int]]:
+@dataclass
+class Labelled:
+    """The labelled images a figure draws from: an image folder's readable files (keys are their paths), or
+    a split of a prepared dataset (keys are indices into ``stored``)."""
+
+    where: Path  # the folder, or the prepared split's folder
+    classes: list[str]
+    samples: list[tuple[Any, int]]  # (key, index into ``classes``)
+    stored: prepared.PreparedDataset | None = None
+
+    def image(self, clf: Classifier, key: Any) -> Tensor:
+        """The image of ``key`` as the classifier takes it: uint8 (3, resize, resize)."""
+        return self.stored[key][0] if self.stored is not None else clf.decode(key)
+
+    def name(self, key: Any) -> str:
+        return str(key) if self.stored is None else f"{self.where} image {key}"
+
+
+def _prepared_split(clf: Classifier, root: Path, split: str) -> Labelled:
+    ds = prepared.PreparedDataset(root, split, resize=clf.card.resize_size)
+    return Labelled(root / split, list(ds.classes), list(enumerate(ds.targets)), ds)
+
+
+def held_out_images(clf: Classifier, root: str | os.PathLike) -> Labelled:
+    """The images ``evaluate`` reads: an image folder's test/ or val/ part (else the folder), a prepared
+    dataset's test or val split (else its only one), or a bundled dataset's."""
+    resolved = resolve_dataset(root)
+    if prepared.is_prepared(resolved):
+        return _prepared_split(clf, resolved, prepared.eval_split(resolved))
+    prepared.refuse_split_folder(resolved)
+    return _folder_images(eval_folder(root))
+
+
+def _folder_images(folder: Path) -> Labelled:
+    samples, classes = labelled_samples(folder)
+    return Labelled(folder, classes, samples)
+
+
+def neighbor_images(clf: Classifier, root: str | os.PathLike) -> tuple[Labelled, Labelled]:
+    """(gallery, queries): the training part and the held-out part of a folder or prepared dataset; one
+    without parts is both."""
+    resolved = resolve_dataset(root)
+    if prepared.is_prepared(resolved):
+        queries = held_out_images(clf, resolved)
+        has_train = "train" in prepared.read_manifest(resolved)["splits"]
+        return (_prepared_split(clf, resolved, "train") if has_train else queries), queries
+    prepared.refuse_split_folder(resolved)
+    gallery_dir, query_dir = neighbor_folders(root)
+    queries = _folder_images(query_dir)
+    return (queries if gallery_dir == query_dir else _folder_images(gallery_dir)), queries
+
+
+def spread(samples: Sequence[tuple[Any, int]], count: int, seed: int = 0) -> list[tuple[Any, int]]:
     """``count`` samples taken class by class in turn (a seeded shuffle within each class), so a few
     images cover as many classes as they can."""
-    by_class: dict[int, list[tuple[Path, int]]] = {}
+    by_class: dict[int, list[tuple[Any, int]]] = {}
     for s in samples:
         by_class.setdefault(s[1], []).append(s)
     rng = random.Random(seed)
@@ -131,7 +187,7 @@ def spread(samples: Sequence[tuple[Path, int]], count: int, seed: int = 0) -> li
         rng.shuffle(items)
     order = sorted(by_class)
     rng.shuffle(order)
-    picked: list[tuple[Path, int]] = []
+    picked: list[tuple[Any, int]] = []
     while len(picked) < min(count, len(samples)):
         for c in order:
             if by_class[c] and len(picked) < count:
@@ -200,11 +256,8 @@ def filters_figure(clf: Classifier, path: str | os.PathLike) -> Figure:
 # --------------------------------------------------------------------------------------------
 # Figure 4, left: top-5 predictions
 # --------------------------------------------------------------------------------------------
-def predict_samples(
-    clf: Classifier, samples: Sequence[tuple[Path, int]], precision: str = "auto"
-) -> tuple[Tensor, Tensor]:
-    """(uint8 crops, probabilities) of the sample images, in the fastest accepted mode."""
-    images = torch.stack([clf.decode(p) for p, _ in samples])
+def predict_samples(clf: Classifier, images: Tensor, precision: str = "auto") -> tuple[Tensor, Tensor]:
+    """(uint8 crops, probabilities) of uint8 (N, 3, resize, resize) images, in the fastest accepted mode."""
     x = clf.preprocess(images)
     clf.fast(x if precision == "auto" else None, precision, workload=len(x))
     return _crop(clf, images), clf(x).softmax(1)
@@ -219,12 +272,13 @@ def predictions_figure(
     seed: int = 0,
     precision: str = "auto",
 ) -> Figure:
-    """Figure 4 (left): ``count`` images of a labelled folder (its test/ or val/ part), each with the
-    model's top-5 classes as bars; the true class's bar is red, and its name is written under the image."""
-    folder = eval_folder(folder)
-    samples, classes = labelled_samples(folder)
-    picked = spread(samples, count, seed)
-    crops, probs = predict_samples(clf, picked, precision)
+    """Figure 4 (left): ``count`` images of a labelled folder or prepared dataset (the part ``evaluate`` reads),
+    each with the model's top-5 classes as bars; the true class's bar is red, and its name is written under
+    the image."""
+    images = held_out_images(clf, folder)
+    folder, classes = images.where, images.classes
+    picked = spread(images.samples, count, seed)
+    crops, probs = predict_samples(clf, torch.stack([images.image(clf, key) for key, _ in picked]), precision)
     k = min(5, clf.card.num_classes)
     top_p, top_i = probs.topk(k, dim=1)
     cols = min(4, len(picked))
@@ -250,7 +304,7 @@ def predictions_figure(
             bars.text(0.02, y, f"{name}  {v:.0%}", va="center", ha="left", fontsize=8.5)
         bars.set(xlim=(0, 1), ylim=(-0.6, k - 0.4), yticks=[], xticks=[])  # the percentages are written
         hits += true_index in top_i[n].tolist()
-        records.append({"file": str(p), "true": true_name, "top": list(zip(names, values, strict=True))})
+        records.append({"file": images.name(p), "true": true_name, "top": list(zip(names, values, strict=True))})
     fig.suptitle(f"{clf.card.model}: top-{k} predictions (true class in red) on {folder}", fontsize=11)
     summary = f"{len(picked)} images from {folder} with top-{k} bars; true class in the top {k} for {hits}"
     return _save(fig, path, summary, records=records, mode=clf.mode.get("mode"))
@@ -272,27 +326,29 @@ def neighbors_figure(
     workers: int = 2,
     precision: str = "auto",
 ) -> Figure:
-    """Figure 4 (right): ``count`` query images (the test/val part of ``root``), each followed by the ``k``
-    training images nearest to it in fc7 space; a neighbour's caption is green when its class matches."""
-    gallery_dir, query_dir = neighbor_folders(root)
-    gallery, gallery_classes = labelled_samples(gallery_dir)
-    query_samples, query_classes = labelled_samples(query_dir)
-    queries = spread(query_samples, count, seed)
+    """Figure 4 (right): ``count`` query images (the test/val part of a folder or prepared dataset ``root``),
+    each followed by the ``k`` training images nearest to it in fc7 space; a neighbour's caption is green when
+    its class matches."""
+    gallery_set, query_set = neighbor_images(clf, root)
+    gallery, gallery_classes, gallery_dir = gallery_set.samples, gallery_set.classes, gallery_set.where
+    query_classes = query_set.classes
+    queries = spread(query_set.samples, count, seed)
     found = find_neighbors(
-        clf, gallery, queries, k=k, metric=metric, batch_size=batch_size, workers=workers, precision=precision
-    )
+        clf, gallery, queries, k=k, metric=metric, batch_size=batch_size, workers=workers, precision=precision,
+        gallery_images=gallery_set.stored, query_images=query_set.stored,
+    )  # fmt: skip
     k = found["indices"].shape[1]
     fig = _new_figure(1.75 * (k + 1), 2.0 * len(queries) + 0.5)
     axes = fig.subplots(len(queries), k + 1, squeeze=False)
     for r, (q, t) in enumerate(queries):
-        _show(axes[r, 0], _crop(clf, clf.decode(q)))
+        _show(axes[r, 0], _crop(clf, query_set.image(clf, q)))
         axes[r, 0].set_xlabel(_shown(clf, query_classes[t]), fontsize=9, fontweight="bold")
         for side in axes[r, 0].spines.values():
             side.set(color=TRUE_COLOUR, linewidth=2)
         for c, (i, d) in enumerate(zip(found["indices"][r].tolist(), found["distances"][r].tolist(), strict=True)):
             ax = axes[r, c + 1]
             g, gt = gallery[i]
-            _show(ax, _crop(clf, clf.decode(g)))
+            _show(ax, _crop(clf, gallery_set.image(clf, g)))
             same = gallery_classes[gt] == query_classes[t]
             caption = f"{_shown(clf, gallery_classes[gt])}\nd={d:.3g}"
             ax.set_xlabel(caption, fontsize=8, color="#2ca02c" if same else "#555555")
