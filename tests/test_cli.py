@@ -150,12 +150,16 @@ def _fails(argv: list[str], capsys, match: str, code: int = 1) -> str:
 
 
 def test_missing_and_empty_data_folders(tmp_path, capsys):
-    _fails(["train", str(tmp_path / "nope"), *FAST], capsys, "data folder not found")
+    run = ["--output", str(tmp_path / "run")]
+    _fails(["train", str(tmp_path / "nope"), *FAST, *run], capsys, "data folder not found")
     (tmp_path / "empty").mkdir()
-    _fails(["train", str(tmp_path / "empty"), *FAST], capsys, "no class folders")
+    _fails(["train", str(tmp_path / "empty"), *FAST, *run], capsys, "no class folders")
     (tmp_path / "noimg" / "cat").mkdir(parents=True)
     (tmp_path / "noimg" / "cat" / "readme.txt").write_text("x")
-    _fails(["train", str(tmp_path / "noimg"), *FAST], capsys, "no images")
+    _fails(["train", str(tmp_path / "noimg"), *FAST, *run], capsys, "no images")
+    assert not (tmp_path / "run").exists()  # a refused run leaves no empty run folder behind
+    _fails(["train", str(tmp_path / "nope"), *FAST, "--output", str(tmp_path / "empty")], capsys, "not found")
+    assert (tmp_path / "empty").is_dir()  # but a folder that was there stays
 
 
 def test_a_class_folder_without_images(tmp_path, capsys):
@@ -192,15 +196,15 @@ def test_unknown_model_flag_and_recipe_list_the_valid_ones(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "code", "match"),
     [
-        (["train", "{tmp}/nope"], 1, "data folder not found"),  # the files: 1
+        (["train", "{tmp}/nope", "--output", "{tmp}/run"], 1, "data folder not found"),  # the files: 1
         (["evaluate", "{tmp}/missing.safetensors", "{tmp}"], 1, "checkpoint not found"),
         (["visualize", "{tmp}/missing.safetensors", "filters", "--output", "{tmp}/out"], 1, "checkpoint not found"),
         (["prepare", "{tmp}", "{tmp}/../busy"], 1, "other files in it"),
-        (["train", "{tmp}", "--dataset", "digits"], 2, "not both"),  # the command line alone: 2
-        (["train", "{tmp}", "--lr", "nan"], 2, "--lr must be"),
+        (["train", "{tmp}", "--dataset", "digits", "--output", "{tmp}/run"], 2, "not both"),  # the command line: 2
+        (["train", "{tmp}", "--lr", "nan", "--output", "{tmp}/run"], 2, "--lr must be"),
         (["train", "--resume", "{tmp}", "--output", "{tmp}/other"], 2, "leave out --output"),
         (["visualize", "{tmp}/missing.safetensors", "pictures", "--output", "{tmp}/out"], 2, "say what to draw"),
-        (["train", "{tmp}", "--no-such-flag"], 2, "unrecognized arguments"),
+        (["train", "{tmp}", "--no-such-flag", "--output", "{tmp}/run"], 2, "unrecognized arguments"),
     ],
 )
 def test_user_errors_exit_1_and_refused_flags_exit_2(argv, code, match, tmp_path, capsys):
@@ -212,7 +216,7 @@ def test_user_errors_exit_1_and_refused_flags_exit_2(argv, code, match, tmp_path
     argv = [a.replace("{tmp}", str(tmp_path / "src")) for a in argv]
     err = _fails(argv, capsys, match, code=code)
     assert len([line for line in err.splitlines() if "error" in line]) == 1
-    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and not (tmp_path / "src" / "run").exists()
 
 
 @pytest.mark.parametrize(

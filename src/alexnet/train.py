@@ -190,10 +190,24 @@ def fit(
     (on the data it was trained on when ``data_root`` is None). Under torchrun, one process of a
     data-parallel group; after an elastic restart it resumes by itself."""
     ctx = distributed.setup(cfg.device)
+    new = not Path(run_dir).exists()
     try:
         return _fit(ctx, data_root, Path(run_dir), cfg, resume or _restart_of(Path(run_dir)), quiet)
+    except UserError:
+        if new and ctx.is_main:
+            _remove_empty_folders(Path(run_dir))
+        raise
     finally:
         distributed.teardown()
+
+
+def _remove_empty_folders(run_dir: Path) -> None:
+    """A run refused before it wrote anything leaves no empty run folder behind (a file keeps its folder)."""
+    for folder in [*sorted((p for p in run_dir.rglob("*") if p.is_dir()), reverse=True), run_dir]:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone
+            pass
 
 
 def _restart_of(run_dir: Path) -> bool:
