@@ -367,6 +367,21 @@ def test_changed_or_zeroed_data_are_found_by_the_checksum_when_their_shard_is_fi
     assert str(info.value).startswith(f"shard {shard} is damaged") and "\n" not in str(info.value)
 
 
+def test_the_checksum_is_checked_on_a_file_system_without_locks(numbered, monkeypatch):
+    import errno
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")  # as NFS without its lock service answers
+
+    monkeypatch.setattr(prepared.fcntl, "flock", no_locks)
+    ds = PreparedDataset(numbered, prepared.ALL)
+    assert ds[0][1] == ds.targets[0]
+    shard = numbered / prepared.ALL / "00001.shard"
+    _patch(shard, shard.stat().st_size - 1, b"\x07")
+    with pytest.raises(UserError, match=rf"^shard {shard} is damaged: its data do not match"):
+        PreparedDataset(numbered, prepared.ALL)[5]
+
+
 def test_a_data_offset_into_the_index_or_offsets_that_do_not_lay_out_the_data_are_refused_on_opening(numbered):
     shard = numbered / prepared.ALL / "00002.shard"
     saved = shard.read_bytes()

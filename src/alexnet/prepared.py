@@ -26,6 +26,7 @@ own memory maps.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -451,7 +452,10 @@ class PreparedDataset(Dataset):
             m = np.memmap(self.shard_files[k], dtype=np.uint8, mode="c")
             if not self._checked[k]:
                 with open(self.shard_files[k], "rb") as f:
-                    fcntl.flock(f, fcntl.LOCK_EX)  # one process checks a shard; the others wait for its verdict
+                    # One process checks a shard; the others wait for its verdict. A file system without locks
+                    # (some NFS and Lustre mounts) refuses: then each process checks it itself.
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(f, fcntl.LOCK_EX)
                     if not self._checked[k]:
                         self.check(k, m)
             self._maps[k] = m
