@@ -191,6 +191,17 @@ def test_an_image_of_extreme_aspect_is_refused_by_serve_and_predict_before_it_is
     assert len(results[1]["top"]) == 5
 
 
+def test_a_bug_is_answered_in_json_too(clf):
+    from alexnet.inference import Classifier
+
+    broken = Classifier(lambda x: 1 / 0, clf.card, "broken")
+    with TestClient(create_app(broken), raise_server_exceptions=False) as c:
+        r = _post(c, photo(10)[1], name="a.png")
+    assert r.status_code == 500 and r.json() == {
+        "error": "internal error (ZeroDivisionError); the server's log has the details"
+    }
+
+
 def test_requests_without_an_image_or_with_too_many_files(client):
     _, raw = photo(6)
     assert client.post("/predict").json()["error"].startswith("no image")
