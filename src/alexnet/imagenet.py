@@ -35,6 +35,7 @@ import os
 import re
 import tarfile
 import zlib
+from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -256,11 +257,14 @@ def _list_tar(file: BinaryIO, start: int, size: int, name: str) -> list[tuple[st
     return members
 
 
-def _list_inner(job: tuple[str, str, int, int]) -> list[tuple[str, int, int, int]]:
-    """The image members of one inner tar (a worker's job: it opens the outer tar and seeks to it)."""
+def _list_inner(job: tuple[str, str, int, int]) -> list[Row]:
+    """The rows of one inner tar's images, its stem their class (a worker's job: it opens the outer tar and
+    seeks to the inner one)."""
     archive, inner, start, size = job
+    wnid = inner.rsplit("/", 1)[-1][:-4]
     with open(archive, "rb") as f:
-        return [m for m in _list_tar(f, start, size, f"{archive}: {inner}") if _is_image(m[0])]
+        members = _list_tar(f, start, size, f"{archive}: {inner}")
+    return [(wnid, f"{inner}/{name}", offset, n, mtime) for name, offset, n, mtime in members if _is_image(name)]
 
 
 def _is_image(name: str) -> bool:
@@ -309,7 +313,9 @@ def archive_kind(path: str | os.PathLike) -> str | None:
 # Planning: the rows of each split, as class folders would hold them, cut into shards
 # --------------------------------------------------------------------------------------------
 # A row: (name inside the source, label, data offset in the archive or -1 for a file, size, mtime).
-Row = tuple[str, int, int, int, int]
+# A row: (class, name inside the source, data offset in the archive or -1 for a file, size, mtime). Sorted as
+# tuples, rows come in the order class folders are read: by class, then by name (see _by_class).
+Row = tuple[str, str, int, int, int]
 
 
 @dataclass
@@ -321,34 +327,36 @@ class _Split:
     words: list[str] | None = None
 
 
-def _by_class(rows: list[tuple[str, str, int, int, int]], what: str) -> tuple[list[str], list[Row]]:
-    """Rows of ``(name, class, offset, size, mtime)`` -> the sorted classes and the rows labelled, in the order
-    class folders are read: by class, then by the walk order of the names."""
-    classes = sorted({c for _, c, *_ in rows})
+def _by_class(rows: list[Row], what: str) -> tuple[list[str], list[Row]]:
+    """The sorted classes, and ``rows`` in the order class folders are read: by class, then in the walk order
+    of the names (sorted in place; rows are the index of the whole dataset, so no key object per row)."""
+    classes = sorted({r[0] for r in rows})
     if not classes:
         raise UserError(f"{what} holds no images")
-    index = {c: i for i, c in enumerate(classes)}
-    labelled = [(name, index[c], offset, size, mtime) for name, c, offset, size, mtime in rows]
-    labelled.sort(key=lambda r: (r[1], _walk_key(r[0])))
-    return classes, labelled
+    if len({(r[0], r[1].rpartition("/")[0]) for r in rows}) == len(classes):
+        rows.sort()  # one folder per class: the walk order is the names' order
+    else:
+        rows.sort(key=lambda r: (r[0], _walk_key(r[1])))
+    return classes, rows
 
 
 def _tasks(split: str, part: _Split, dst: Path, options: Any) -> list[Any]:
     from .prepare import ShardTask
 
     stored = json.dumps(options.stored(), sort_keys=True)
+    index = {c: i for i, c in enumerate(part.classes)}
     n = options.shard_images
     tasks = []
     for number, begin in enumerate(range(0, len(part.rows), n)):
         chunk = part.rows[begin : begin + n]
         h = hashlib.sha256(f"{prepared.VERSION}\n{stored}\n{split}\n{part.classes}\n".encode())
-        for name, label, offset, size, mtime in chunk:
-            h.update(f"{name}\t{label}\t{offset}\t{size}\t{mtime}\n".encode())
+        for cls, name, offset, size, mtime in chunk:
+            h.update(f"{name}\t{index[cls]}\t{offset}\t{size}\t{mtime}\n".encode())
         tasks.append(
             ShardTask(
-                split, number, tuple((f"{part.shown}/{name}", label) for name, label, *_ in chunk), h.hexdigest(),
+                split, number, tuple((f"{part.shown}/{r[1]}", index[r[0]]) for r in chunk), h.hexdigest(),
                 dst / split / f"{number:05d}.shard", dst / prepared.JOURNAL / f"{split}-{number:05d}.json",
-                archive=part.archive, spans=tuple((o, s) for _, _, o, s, _ in chunk) if part.archive else (),
+                archive=part.archive, spans=array("q", (v for r in chunk for v in r[2:4])) if part.archive else (),
             )
         )  # fmt: skip
     return tasks
@@ -391,7 +399,10 @@ def plan_source(
         if devkit is None and src.is_dir() and (src / META).is_file():
             devkit = src  # the devkit's two files, as they are
         splits = _archives(src, found, Path(devkit) if devkit is not None else None, workers, notes.append)
-    tasks = [t for split, part in splits.items() for t in _tasks(split, part, dst, options)]
+    tasks = []
+    for split, part in splits.items():
+        tasks += _tasks(split, part, dst, options)
+        part.rows = []  # the tasks hold what is needed now
     digest = hashlib.sha256("".join(t.key for t in tasks).encode()).hexdigest()
     words = {s: p.words for s, p in splits.items() if p.words}
     for note in notes:
@@ -452,13 +463,13 @@ def _train_tar(path: Path, kit: Devkit | None, workers: int, log: Callable[[str]
         if unknown:
             raise UserError(f"{path}: {unknown[0]} is not a synset of {kit.meta_name} ({len(unknown)} such): a "
                             "devkit of another dataset?")  # fmt: skip
-    jobs = [(str(path), name, start, size) for name, start, size in inner]
-    rows = []
-    for (name, *_), members in zip(inner, _map(_list_inner, jobs, workers), strict=True):
-        wnid = name.rsplit("/", 1)[-1][:-4]
+    listed = _map(_list_inner, [(str(path), name, start, size) for name, start, size in inner], workers)
+    rows: list[Row] = []
+    for (name, *_), members in zip(inner, listed, strict=True):
         if not members:
             raise UserError(f"{path}: {name} holds no image files")
-        rows += [(f"{name}/{m}", wnid, offset, size, mtime) for m, offset, size, mtime in members]
+        rows += members
+    del listed
     classes, labelled = _by_class(rows, str(path))
     words = [kit.words[c] for c in classes] if kit is not None else list(class_words(classes)) or None
     log(f"{path}: {len(labelled)} images of {len(classes)} classes")
@@ -478,7 +489,7 @@ def _val_tar(path: Path, kit: Devkit, log: Callable[[str], None]) -> _Split:
         if ident not in kit.wnids:
             raise UserError(f"{kit.truth_name}, line {n}: ILSVRC2012_ID {ident} is not one of the "
                             f"{len(kit.wnids)} classes of {kit.meta_name}")  # fmt: skip
-        rows.append((name, kit.wnids[ident], offset, size, mtime))
+        rows.append((kit.wnids[ident], name, offset, size, mtime))
     classes, labelled = _by_class(rows, str(path))
     log(f"{path}: {len(labelled)} images of {len(classes)} classes, labelled by {kit.truth_name}")
     return _Split(classes, labelled, str(path), str(path), [kit.words[c] for c in classes])
@@ -497,11 +508,12 @@ def _map(fn: Callable, jobs: list, workers: int) -> list:
 
 
 # ---- files in folders
-def _file_rows(folder: Path, names: list[tuple[str, str]]) -> list[tuple[str, str, int, int, int]]:
+def _file_rows(folder: Path, names: list[tuple[str, str]]) -> list[Row]:
+    """The rows of the files ``(name relative to folder, class)``."""
     rows = []
     for name, cls in names:
         st = (folder / name).stat()
-        rows.append((name, cls, -1, st.st_size, st.st_mtime_ns))
+        rows.append((cls, name, -1, st.st_size, st.st_mtime_ns))
     return rows
 
 

@@ -21,7 +21,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
@@ -83,8 +83,8 @@ class ShardTask:
     key: str
     path: Path  # the shard's final name
     record: Path  # its journal record
-    archive: str | None = None  # the sources are members of this tar, its bytes at ``spans`` (offset, size)
-    spans: tuple[tuple[int, int], ...] = ()
+    archive: str | None = None  # the sources are members of this tar, file i's bytes at offset spans[2i]
+    spans: Sequence[int] = ()  # (offset, size) of each, flat: an array of 16 bytes per image, not 2 objects
 
     @property
     def name(self) -> str:
@@ -94,7 +94,7 @@ class ShardTask:
         """The ``i``-th source: its file, or its bytes read from the archive (nothing is extracted)."""
         if self.archive is None:
             return self.files[i][0]
-        offset, size = self.spans[i]
+        offset, size = self.spans[2 * i], self.spans[2 * i + 1]
         with open(self.archive, "rb") as f:
             f.seek(offset)
             return _Member(f.read(size), self.files[i][0])
