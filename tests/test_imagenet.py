@@ -392,7 +392,7 @@ def test_a_model_trained_on_the_miniature_predicts_words_and_evaluate_prints_the
     for wnid, name in zip(CLASSES, words, strict=True):
         assert f"  {name} ({wnid})" in out
     assert main(["predict", str(run), str(image), "--json", "--precision", "fp32"]) == 0
-    top = json.loads(capsys.readouterr().out)[0]["top"]
+    top = json.loads(capsys.readouterr().out)["predictions"][0]["top"]
     assert {(t["class"], t["words"]) for t in top} == set(zip(CLASSES, words, strict=True))
     evaluate = ["evaluate", str(run), str(data), "--ten-crop", "--precision", "fp32", "--workers", "0"]
     assert main([*evaluate, "--output", str(tmp_path / "eval")]) == 0

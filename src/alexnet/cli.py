@@ -287,8 +287,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         clf, image_paths(images), top_k=args.top_k, precision=args.precision, calibration=_calibration(args, clf.card)
     )
     _print_mode("predict", clf.mode)
-    if args.json:
-        print(json.dumps(results, indent=2))
+    if args.json:  # the predictions, and how the mode that made them was chosen
+        print(json.dumps({"inference": clf.mode, "predictions": results}, indent=2))
     else:
         for r in results:
             if "error" in r:
