@@ -22,6 +22,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # depends on what an earlier run measured, and the processes it starts (torchrun) share the file.
 os.environ["ALEXNET_MODE_CACHE"] = str(Path(tempfile.mkdtemp(prefix="alexnet-modes-")) / "modes.json")
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run where there is a CUDA device and are skipped, saying so, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 # Three classes a small network separates in a few steps: a dominant colour plus noise.
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 60, 230)}
 

@@ -284,7 +284,7 @@ def _wrap_in_a_group_of_one(device: str) -> torch.nn.Module:
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs CUDA")
+@pytest.mark.cuda
 def test_data_parallel_batchnorm_is_synchronised_on_gpus():
     kinds = {type(m).__name__ for m in _wrap_in_a_group_of_one("cuda:0").modules()}
     assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds

@@ -26,7 +26,7 @@ from alexnet.modes import (
 from alexnet.onednn import OneDNNAlexNet
 
 SLOW_MODES = {"compile-fp32", "compile-bf16", "compile-int8"}  # seconds of inductor compilation each
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+needs_cuda = pytest.mark.cuda  # skipped where there is no CUDA device (conftest)
 
 
 def _device_for(mode) -> str:
@@ -52,9 +52,12 @@ def images() -> torch.Tensor:
     return torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize(
-    "mode", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_MODES else m for m in INFERENCE_MODES]
-)
+def _marks(name: str, spec) -> list:
+    """slow for the compiled modes; cuda for the modes that run only there (the GPU check selects them)."""
+    return [pytest.mark.slow] * (name in SLOW_MODES) + [pytest.mark.cuda] * ("cpu" not in spec.devices)
+
+
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=_marks(m, s)) for m, s in INFERENCE_MODES.items()])
 def test_inference_mode_matches_fp32_within_its_tolerance(mode, images):
     model = _small()
     with torch.no_grad():
@@ -214,9 +217,7 @@ def _one_step(
     return loss, {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize(
-    "mode", [pytest.param(m, marks=pytest.mark.slow) if m == "compile-bf16" else m for m in TRAINING_MODES]
-)
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=_marks(m, s)) for m, s in TRAINING_MODES.items()])
 def test_training_step_matches_fp32_within_its_tolerance(mode, images):
     targets = torch.arange(len(images)) % 10
     start = {k: v.clone() for k, v in _small(dropout=0.0).state_dict().items()}

@@ -224,7 +224,7 @@ def test_decoding_jpeg_batches_on_the_device_gives_the_images_the_workers_decode
     assert not prepared.decodes_on(raw, "cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_on_cuda_jpeg_shards_are_decoded_there_and_match_the_cpu_within_jpeg_noise(tmp_path):
     src = tmp_path / "src"
     write_images(src, 5, size=40)

@@ -294,7 +294,7 @@ def test_an_interrupted_run_resumes_exactly_with_any_schedule(tiny_data, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------ CUDA
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_a_run_on_cuda_trains_resumes_and_its_checkpoint_loads_on_the_cpu(tiny_data, tmp_path):
     run = tmp_path / "run"
     # precision auto: bf16 autocast on Ampere or newer, fp16 with loss scaling before; pinned memory.

@@ -239,7 +239,7 @@ def test_batch_augment_is_reproducible_with_a_generator():
     assert not torch.equal(run(5), run(6))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_batch_augment_on_cuda_matches_the_cpu_with_the_same_cpu_generator():
     images = _random_uint8(32, 3, 12, 12)
     kw = dict(crop=9, pca=IMAGENET_PCA, mean=CFG.mean, std=CFG.std)

@@ -45,7 +45,7 @@ __all__ = [
 COSTLY_ENGINES = frozenset({"compile", "onnxruntime", "compile-int8", "onnxruntime-int8"})
 # Before a costly engine has been measured on this machine: an upper guess of its set-up, used only to
 # decide whether the job is long enough to try it (the choice itself uses measured seconds).
-SETUP_GUESS_S = {"compile": 30.0, "onnxruntime": 5.0, "compile-int8": 60.0, "onnxruntime-int8": 60.0}
+SETUP_GUESS_S = {"compile": 30.0, "onnxruntime": 5.0, "compile-int8": 60.0, "onnxruntime-int8": 20.0}
 # A costly mode is tried when the job in the best mode known so far takes this many times its set-up:
 # then a mode 1.25x faster already pays its set-up back.
 PAYBACK = 5.0

@@ -35,8 +35,9 @@ from typing import Any
 import torch
 
 from . import autotune
+from . import device as _device
 from .baseline import Baseline, BaselineProcess, Timer, median_seconds
-from .device import cpu_capabilities, emulated_precision_note, tune_cpu_allocator
+from .device import emulated_precision_note, tune_cpu_allocator
 from .errors import ModeUnavailable
 from .machine import machine_info, measure_peaks
 from .modes import (
@@ -457,7 +458,7 @@ def run_benchmark(
     tuned = tune_cpu_allocator() if tune_allocator and device.type == "cpu" else False
     tuned_rows = tuned and full
     machine = machine_info(device)
-    what = machine.get("gpu") or f"{machine['cpu']} ({cpu_capabilities().machine_class})"
+    what = machine.get("gpu") or f"{machine['cpu']} ({_device.cpu_capabilities().machine_class})"
     budget = None if full else budget_s
     log(f"benchmarking {model} on {device}: {what}, {torch.get_num_threads()} threads; against {BASELINE}, "
         f"{rounds} interleaved rounds per mode" + (f", within ~{_duration(budget)}" if budget else ""))  # fmt: skip
@@ -483,7 +484,7 @@ def run_benchmark(
         base = baseline_rows(ctx, shapes, tuned_rows)
     return {
         "machine": machine | {"allocator_tuned": tuned},
-        "machine_class": machine.get("gpu") or cpu_capabilities().machine_class,
+        "machine_class": machine.get("gpu") or _device.cpu_capabilities().machine_class,
         "peak_gflops": peaks,
         "flops_per_image": flops,
         "model": model,

@@ -45,6 +45,7 @@ __all__ = [
     "prepare_training",
     "training_candidates",
     "resolve_training_mode",
+    "compile_in_place",
     "agreement",
     "resolve_inference_mode",
     "inference_mode_for",
@@ -641,6 +642,25 @@ def prepare_training(
     """A :class:`TrainStep` for ``model`` (trained in place) in a :data:`TRAINING_MODES` mode;
     ``sgd``: lr, momentum, weight_decay."""
     return TrainStep(model, mode, device=device, **sgd)
+
+
+def compile_in_place(model: nn.Module) -> None:
+    """``model.compile()`` (its state_dict keeps its keys), falling back to eager where compiling fails at
+    the first call (no working C++ compiler, a kernel inductor cannot build): a warning says why, and that
+    call and every later one run eagerly. Compiling fails before the graph runs, so the eager call
+    repeats nothing."""
+    compiled = torch.compile(model._call_impl)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return compiled(*args, **kwargs)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            model._compiled_call_impl = None
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            warnings.warn(f"torch.compile failed, training eagerly instead: {first[:300]}", RuntimeWarning, 2)
+            return model._call_impl(*args, **kwargs)
+
+    model._compiled_call_impl = call
 
 
 def training_candidates(precision: str, device: torch.device | str) -> list[str]:

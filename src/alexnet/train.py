@@ -31,7 +31,7 @@ from .errors import FlagError, TrainingDiverged, UserError
 from .health import chance_warning
 from .imagenet import class_words
 from .models import min_input_size
-from .modes import TRAINING_MODES, resolve_training_mode
+from .modes import TRAINING_MODES, compile_in_place, resolve_training_mode
 from .optim import LARS, lars_param_groups
 from .progress import Reporter
 from .recipes import TrainConfig, config_from_dict, config_to_dict
@@ -241,7 +241,7 @@ def _fit(
     mode, mode_lines = choose_mode(cfg, model, ds, ctx, saved)
     precision = TRAINING_MODES[mode].precision if mode else resolve_precision(cfg.precision, ctx.device)
     if mode and TRAINING_MODES[mode].engine == "compile":
-        model.compile()  # in place: the state_dict keeps its keys
+        compile_in_place(model)
     optimizer = build_optimizer(cfg, model, ctx.device)
     schedule = make_schedule(cfg, optimizer, len(ds.train), ds.card.num_classes)
     scaler = torch.amp.GradScaler(ctx.device.type) if precision == "fp16" else None
