@@ -89,9 +89,17 @@ def test_int8_export_keeps_the_fp32_predictions_and_records_its_calibration(colo
     assert OnnxModel(path).card == card and OnnxModel(path).precision == "int8"
 
 
-def test_weights_are_int8_symmetric_with_one_scale_per_output_channel(colour_classifier, exported):
-    model, _ = colour_classifier
-    graph = onnx.load(str(exported[0])).graph
+@pytest.mark.parametrize("bits, top", [(7, 64), (8, 127)])
+def test_weights_are_int8_symmetric_with_one_scale_per_output_channel(
+    bits, top, colour_classifier, calibration, heldout, exported, tmp_path
+):
+    """The largest |w| of each output channel maps to 64 with 7-bit weights (the default: 2 x 255 x 64 = 32,640
+    fits the 16-bit pair sums of CPUs without VNNI, 2 x 255 x 127 would not), to 127 with 8."""
+    model, card = colour_classifier
+    path = exported[0] if bits == 7 else tmp_path / "int8-8bit.onnx"
+    if bits == 8:
+        export_int8(model, card, path, calibration, heldout, weight_bits=8)
+    graph = onnx.load(str(path)).graph
     init = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
     weights = {}
     for node in graph.node:
@@ -102,11 +110,11 @@ def test_weights_are_int8_symmetric_with_one_scale_per_output_channel(colour_cla
         w = layer.weight.detach().numpy()
         key = w.shape if w.shape in weights else w.T.shape  # ONNX may store an fc weight transposed
         q, scale, zero, axis = weights[key]
-        per_channel = np.abs(w).reshape(w.shape[0], -1).max(1) / 127  # symmetric: max |w| maps to 127
+        per_channel = np.abs(w).reshape(w.shape[0], -1).max(1) / top  # symmetric: max |w| maps to the top
         assert scale.shape == (w.shape[0],) and not zero.any(), name
         np.testing.assert_allclose(scale, per_channel, rtol=1e-6, err_msg=name)
         q = q if key == w.shape else q.T
-        np.testing.assert_array_equal(q, np.clip(np.round(w / per_channel.reshape(-1, *[1] * (w.ndim - 1))), -127, 127))
+        np.testing.assert_array_equal(q, np.clip(np.round(w / per_channel.reshape(-1, *[1] * (w.ndim - 1))), -top, top))
         assert axis == (0 if key == w.shape else 1), name
 
 

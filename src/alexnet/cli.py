@@ -422,6 +422,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     q.add_argument("--keep-fp32", type=_csv(str), default=[], metavar="LAYER,LAYER",
                    help="layers left in fp32, e.g. conv1")  # fmt: skip
+    q.add_argument(
+        "--weight-bits", type=int, choices=(7, 8), default=7,
+        help="7: weights within +-64, exact on every CPU (ONNX Runtime sums pairs of products in 16 bits where "
+        "there is no VNNI); 8: the full range, for files that run only on CPUs with VNNI or AMX (default: %(default)s)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
 
@@ -431,11 +436,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .files import check_writable
 
     check_writable(args.output)  # before the checkpoint is read: a wrong --output costs nothing
-    int8_flags = args.calibration or args.keep_fp32
+    int8_flags = args.calibration or args.keep_fp32 or args.weight_bits != 7
     if (args.int8 or int8_flags) and args.format != "onnx":
         raise FlagError(f"--int8 exports ONNX models (ONNX Runtime quantises them), not --format {args.format}")
     if int8_flags and not args.int8:
-        raise FlagError("--calibration and --keep-fp32 go with --int8")
+        raise FlagError("--calibration, --keep-fp32 and --weight-bits go with --int8")
     path = resolve_checkpoint_path(args.checkpoint)
     model, meta = load_checkpoint(path, map_location="cpu")
     if args.int8:
@@ -469,7 +474,8 @@ def _export_int8(args: argparse.Namespace, model: object, card: object, train_da
     calibration = load_calibration(source, card, count=args.calibration_images, method=args.calibration_method)
     heldout = heldout_set(source, card, calibration)
     try:
-        report = export_int8(model, card, args.output, calibration, heldout, keep_fp32=tuple(args.keep_fp32))
+        report = export_int8(model, card, args.output, calibration, heldout, keep_fp32=tuple(args.keep_fp32),
+                             weight_bits=args.weight_bits)  # fmt: skip
     except ExportVerificationError as e:
         print(f"alexnet export: verification failed: {e}", file=sys.stderr)
         return 1
@@ -479,7 +485,8 @@ def _export_int8(args: argparse.Namespace, model: object, card: object, train_da
         else ""
     )
     print(
-        f"wrote {report['output']} (onnx int8, {report['bytes'] / 1e6:.1f} MB, input {report['input_shape']}); "
+        f"wrote {report['output']} (onnx int8, {args.weight_bits}-bit weights, {report['bytes'] / 1e6:.1f} MB, "
+        f"input {report['input_shape']}); "
         f"calibrated ({args.calibration_method}) on {calibration.source}; top-1 agreement with fp32 on "
         f"{report['heldout']}: {report['agreement']:.2%} (needs {report['threshold']:.0%}){accuracy}"
     )

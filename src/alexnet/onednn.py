@@ -19,6 +19,15 @@ from .models import AlexNet, check_input
 __all__ = ["OneDNNAlexNet"]
 
 
+def _reorder_conv_weight(weight: torch.Tensor, *args: object) -> torch.Tensor:
+    """oneDNN's weight packing for a convolution: where the CPU cannot run bf16 (no AVX-512), it refuses."""
+    return torch.ops.mkldnn._reorder_convolution_weight(weight, *args)
+
+
+def _reorder_linear_weight(weight: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight, batch_size)
+
+
 class _PackedConv(nn.Module):
     """Conv2d (+ the ReLU after it) as one oneDNN call on a weight reordered once to oneDNN's layout."""
 
@@ -26,7 +35,7 @@ class _PackedConv(nn.Module):
         super().__init__()
         self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         w = conv.weight.detach().to(dtype).contiguous()
-        self.weight = torch.ops.mkldnn._reorder_convolution_weight(w, *self.args, input_shape)
+        self.weight = _reorder_conv_weight(w, *self.args, input_shape)
         self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
         self.attr = "relu" if relu else "none"
 
@@ -40,7 +49,7 @@ class _PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear, relu: bool, dtype: torch.dtype, batch_size: int) -> None:
         super().__init__()
         weight = linear.weight.detach().to(dtype).contiguous()
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, batch_size)
+        self.weight = _reorder_linear_weight(weight, batch_size)
         self.bias = None if linear.bias is None else linear.bias.detach().to(dtype)
         self.attr = "relu" if relu else "none"
 

@@ -194,12 +194,20 @@ def _require_onnxruntime() -> None:
 
 
 def quantize_onnx(
-    model: nn.Module, calibration: Calibration, card: ModelCard | None = None, *, keep_fp32: tuple[str, ...] = ()
+    model: nn.Module,
+    calibration: Calibration,
+    card: ModelCard | None = None,
+    *,
+    keep_fp32: tuple[str, ...] = (),
+    reduce_range: bool = False,
+    symmetric_activations: bool = False,
 ) -> bytes:
     """The model as a quantised ONNX model (QDQ format, dynamic batch), serialized.
 
     ``card`` (and the quantisation record) go into the metadata when given. ``keep_fp32``: names of
-    layers (``conv1``, ``fc8``, ...) to leave in fp32.
+    layers (``conv1``, ``fc8``, ...) to leave in fp32. ``reduce_range``: 7-bit weights, so that the
+    16-bit sums of a CPU without int8 dot products (VNNI) cannot saturate. ``symmetric_activations``:
+    activation ranges centred on 0 (int8) instead of fitted (uint8 with a zero point).
     """
     _require_onnxruntime()
     import onnx
@@ -219,17 +227,18 @@ def quantize_onnx(
             warnings.simplefilter("ignore")
             quantize_static(
                 str(prepared), str(quantised), _Reader(calibration.images.float().cpu(), "images"),
-                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
+                activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, op_types_to_quantize=_INT8_OPS, nodes_to_exclude=excluded,
                 calibrate_method=methods[calibration.method],
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations},
             )  # fmt: skip
         result = onnx.load(str(quantised))
     del result.metadata_props[:]
     if card is not None:
         for key, value in card.to_metadata().items():
             result.metadata_props.add(key=key, value=value)
-        record = calibration.record() | {"fp32_layers": list(keep_fp32)}
+        record = calibration.record() | {"fp32_layers": list(keep_fp32), "weight_bits": 7 if reduce_range else 8}
         result.metadata_props.add(key=QUANTIZATION_KEY, value=json.dumps(record))
     return result.SerializeToString()
 
@@ -319,10 +328,16 @@ def export_int8(
     *,
     keep_fp32: tuple[str, ...] = (),
     threshold: float | None = None,
+    weight_bits: int = 7,
 ) -> dict[str, Any]:
     """Quantise ``model`` (:func:`quantize_onnx`), check it against fp32 on ``heldout`` (images, labels or
     None, description: :func:`heldout_set`) and write it to ``output`` only if its top-1 agrees on at least
     ``threshold`` of them (default :data:`~alexnet.modes.AGREEMENT_THRESHOLD`); returns a report.
+
+    ``weight_bits`` 7 (the default) keeps every weight within +-64: on a CPU without int8 dot products
+    (VNNI), ONNX Runtime sums pairs of uint8 x int8 products in 16 bits, and 2 x 255 x 64 = 32,640 cannot
+    overflow them where 2 x 255 x 127 can. The file is checked here but may run on any CPU, so the
+    agreement measured holds there too; 8 is for files that only run where there is VNNI or AMX.
 
     Raises :class:`~alexnet.export.ExportVerificationError` (and writes nothing) below the threshold.
     """
@@ -336,7 +351,9 @@ def export_int8(
     if not minimum <= size <= MAX_INPUT_SIZE:
         raise UserError(f"{card.model} exports for inputs from {minimum} to {MAX_INPUT_SIZE} pixels, not {size}")
     card = replace(card, input_size=size, resize_size=max(size, card.resize_size))
-    blob = quantize_onnx(model, calibration, card, keep_fp32=keep_fp32)
+    if weight_bits not in (7, 8):
+        raise UserError(f"int8 weights keep 7 or 8 bits, not {weight_bits}")
+    blob = quantize_onnx(model, calibration, card, keep_fp32=keep_fp32, reduce_range=weight_bits == 7)
     quantised = OnnxModel(blob)
     images, labels, where = heldout
     reference = _batched(model.float().cpu().eval(), images)
