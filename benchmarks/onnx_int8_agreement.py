@@ -10,7 +10,9 @@ on the held-out images the export checks (the data's val split), for:
 - the quantiser's options: 7-bit weights (``reduce_range``), symmetric activations, calibration methods,
   and combinations with fc8 kept in fp32;
 
-and the speed of each candidate recipe at batch 64 against the default recipe (same process, alternating).
+the share of pairs of products whose sum leaves int16 in each layer (what a CPU without VNNI saturates),
+with 8-bit and with 7-bit weights; and the speed of each recipe at batch 64 against the default recipe
+(same process, alternating).
 """
 
 from __future__ import annotations
@@ -35,6 +37,45 @@ def _agreement(model, blob: bytes, images: torch.Tensor, reference: torch.Tensor
     with torch.no_grad():
         logits = torch.cat([onnx(images[i : i + 64]) for i in range(0, len(images), 64)])
     return top1_agreement(logits, reference)
+
+
+def _overflows(model, blob: bytes, images: torch.Tensor) -> dict[str, float]:
+    """Per conv/fc layer: the fraction of pairs of uint8 x int8 products whose sum leaves the int16 range, as
+    a CPU without VNNI adds them (AVX2's ``vpmaddubsw`` saturates each pair sum at +-32,767), computed by hand
+    from the file's scales and zero points on the layer's real inputs (``images``)."""
+    import numpy as np
+    import onnx
+
+    graph = onnx.load_from_string(blob).graph
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    made_by = {o: n for n in graph.node for o in n.output}
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda m, a, o, name=name: inputs.__setitem__(name, a[0].detach()))
+             for name, m in named_layers(model)]  # fmt: skip
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    nodes = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    out = {}
+    for (name, layer), node in zip(named_layers(model), nodes, strict=True):
+        act_dq, w_dq = made_by[node.input[0]], made_by[node.input[1]]
+        if act_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+            continue  # a layer kept in fp32
+        scale, zero = float(init[act_dq.input[1]]), int(init[act_dq.input[2]])
+        w = init[w_dq.input[0]].astype(np.int32)
+        x = inputs[name]
+        if isinstance(layer, torch.nn.Conv2d):
+            x = torch.nn.functional.unfold(x, layer.kernel_size, padding=layer.padding, stride=layer.stride)
+            x = x.transpose(1, 2).reshape(-1, x.shape[1])
+            w = w.reshape(w.shape[0], -1)
+        elif w.shape[0] != layer.out_features:
+            w = w.T
+        a = np.clip(np.round(x.numpy() / scale) + zero, 0, 255).astype(np.int32)[:2048]
+        k = a.shape[1] // 2 * 2
+        pairs = a[:, None, 0:k:2] * w[None, :, 0:k:2] + a[:, None, 1:k:2] * w[None, :, 1:k:2]
+        out[name] = float((np.abs(pairs) > 32767).mean())
+    return out
 
 
 def _speed(blobs: dict[str, bytes], batch: torch.Tensor, rounds: int = 5) -> dict[str, float]:
@@ -96,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         agree = _agreement(model, quantize_onnx(model, other, card), images, reference)
         result["recipes"][f"{method} ranges"] = {"agreement": agree}
         log(f"  {method + ' ranges':45s} agreement {agree:.1%}")
+    for bits in (8, 7):
+        blob = quantize_onnx(model, calibration, card, reduce_range=bits == 7)
+        over = _overflows(model, blob, images[:4])
+        result[f"overflowing_pairs_{bits}bit"] = over
+        log(f"  {bits}-bit weights: pair sums beyond int16 (no VNNI) per layer: "
+            + ", ".join(f"{k} {v:.2%}" for k, v in over.items()))  # fmt: skip
     seconds = _speed(blobs, images[:64])
     base = seconds["default (uint8 activations, 8-bit weights)"]
     for name, s in seconds.items():
