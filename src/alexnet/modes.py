@@ -268,11 +268,17 @@ def _onnxruntime_int8(
     from .export import ort_session
     from .quantize import quantize_onnx
 
-    # Without int8 dot products ONNX Runtime sums pairs of products in 16 bits: 7-bit weights cannot overflow.
-    reduce_range = not _device.native_int8(device)
-    return _session_forward(
+    reduce_range = _ort_weight_bits(device) == 7
+    run = _session_forward(
         ort_session(quantize_onnx(model, _calibrated(example, calibration), reduce_range=reduce_range))
     )
+    run.weight_bits = 7 if reduce_range else 8  # type: ignore[attr-defined]  # for the quantisation record
+    return run
+
+
+def _ort_weight_bits(device: torch.device) -> int:
+    """Without int8 dot products ONNX Runtime sums pairs of products in 16 bits: 7-bit weights cannot overflow."""
+    return 8 if _device.native_int8(device) else 7
 
 
 def _compile_int8(
@@ -367,6 +373,8 @@ def prepare_inference(
     with _refusals_as_unavailable(mode):  # packing, exporting, quantising, compiling, the first run
         fn = ENGINES[spec.engine](model.eval(), spec, device, example_input, calibration)
         record = _calibrated(example_input, calibration).record() if spec.precision == "int8" else None
+        if hasattr(fn, "weight_bits"):
+            record = record | {"weight_bits": fn.weight_bits}  # type: ignore[operator]
         predictor = Predictor(mode, device, fn, calibration=record)
         predictor(example_input)  # compiles / warms up; fails here rather than mid-evaluation
     predictor.setup_s = time.perf_counter() - start
