@@ -446,10 +446,8 @@ def run_benchmark(
     timing = {"warmup": warmup, "repeats": repeats, "max_seconds": max_seconds, "min_seconds": min_seconds}
     fake = timer is not None
     timer = timer or functools.partial(median_seconds, device=device, **timing)
-    if screen_timer is None:
-        screen_timer = timer if fake else functools.partial(
-            median_seconds, device=device, warmup=0, repeats=3, max_seconds=1.0, min_seconds=0.0
-        )  # fmt: skip
+    if screen_timer is None:  # what auto measures: the fastest of a few calls
+        screen_timer = timer if fake else functools.partial(autotune.time_prepared, device=device)
     plan = [("inference", b, named_modes or default_modes, named_modes is not None) for b in batch_sizes]
     if train:
         plan.append(("train", train_batch_size, named_train or default_train, train_modes is not None))
