@@ -22,6 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from alexnet import ModelCard, create_model
 from alexnet.checkpoint import save_checkpoint
 from alexnet.inference import load_classifier
+from alexnet.modes import INFERENCE_MODES
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -104,7 +105,7 @@ def test_predict_returns_the_softmax_of_the_hand_prepared_image_ranked(client, m
     assert [t["class"] for t in result["top"]] == [CARD.classes[i] for i in expected.indices.tolist()]
     assert [t["probability"] for t in result["top"]] == pytest.approx(expected.values.tolist(), rel=1e-4)
     assert (result["file"], result["width"], result["height"]) == ("leaf.png", 80, 50)
-    assert body["batch_size"] == 1 and body["inference_ms"] > 0 and body["mode"] == "onednn-fp32"
+    assert body["batch_size"] == 1 and body["inference_ms"] > 0 and INFERENCE_MODES[body["mode"]].precision == "fp32"
 
 
 def test_several_files_in_one_request_come_back_in_order(client, model_and_checkpoint):
@@ -127,7 +128,7 @@ def test_health_model_and_page(client):
     m = client.get("/model").json()
     assert m["model"] == "alexnet_small" and m["classes"] == list(CARD.classes) and m["num_classes"] == 7
     assert (m["input_size"], m["resize_size"]) == (32, 40)
-    assert m["inference"]["mode"] == "onednn-fp32"
+    assert INFERENCE_MODES[m["inference"]["mode"]].precision == "fp32" and m["inference"]["reason"]  # and why
     assert m["limits"] == {"max_upload_bytes": 200_000, "max_pixels": 1_000_000, "max_files": 4}
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
