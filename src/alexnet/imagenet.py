@@ -243,7 +243,8 @@ def _list_tar(file: BinaryIO, start: int, size: int, name: str) -> list[tuple[st
     members = []
     try:
         with tarfile.open(fileobj=window, mode="r:") as tar:  # type: ignore[call-overload]
-            for m in tar:
+            while (m := tar.next()) is not None:
+                tar.members.clear()  # tarfile keeps every member it has read: 50,000 of the val tar's, for nothing
                 if m.offset_data + m.size > size:
                     raise tarfile.ReadError("unexpected end of data")
                 if m.isfile():
