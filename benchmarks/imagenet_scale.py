@@ -217,7 +217,7 @@ _PLAN = (
 import json, sys, time
 from pathlib import Path
 import scipy.io, tarfile, csv  # what the plan imports, before the baseline
-from alexnet.imagenet import plan_source
+from alexnet.sources import plan_source
 from alexnet.prepare import PrepareOptions, plan_shards
 src, before, begin = Path(sys.argv[1]), mb(), time.perf_counter()
 if sys.argv[2] == "archives":

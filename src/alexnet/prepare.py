@@ -33,7 +33,7 @@ import torch
 from torchcodec.encoders import JpegEncoder
 from torchvision.transforms.v2 import functional as TF
 
-from . import imagenet, prepared
+from . import prepared, sources
 from .data import _FORMATS, DECODE_ERRORS, _reason, image_files, load_rgb
 from .errors import FlagError, UserError
 from .files import TEMP_SUFFIX, atomic_write_bytes
@@ -340,7 +340,7 @@ def prepare_dataset(
     """Convert the image folder ``src`` into the prepared dataset ``dst`` (resuming an unfinished one).
 
     ``src`` may also be ImageNet's archives, Kaggle's copy of it, or a flat folder with a ``labels`` CSV
-    (see :mod:`alexnet.imagenet`; ``devkit``: the ILSVRC-2012 devkit when it is not in ``src``).
+    (see :mod:`alexnet.sources`; ``devkit``: the ILSVRC-2012 devkit when it is not in ``src``).
 
     ``workers`` processes convert shards in parallel (default: one per core; 0 converts in this process).
     Unreadable sources are skipped and listed in ``dst/skipped.tsv`` (``strict``: the first one is a
@@ -352,12 +352,12 @@ def prepare_dataset(
     options = options or PrepareOptions()
     src, dst = resolve_dataset(src), Path(dst)
     log = log or (lambda message: None)
-    if not src.is_dir() and imagenet.archive_kind(src) is None:
+    if not src.is_dir() and sources.archive_kind(src) is None:
         raise UserError(f"source folder not found: {src}")
     _check_destination(src, dst)
     workers = len(os.sched_getaffinity(0)) if workers is None else workers
     kw = {"labels": labels, "devkit": devkit, "workers": workers, "log": log}
-    plan = imagenet.plan_source(src, dst, options, **kw) or plan_shards(src, dst, options)
+    plan = sources.plan_source(src, dst, options, **kw) or plan_shards(src, dst, options)
     if (dst / prepared.MANIFEST).is_file():
         manifest = prepared.read_manifest(dst)
         if manifest.get("digest") == plan.digest:
