@@ -2,7 +2,8 @@
 
     python benchmarks/run.py [--readme README.md] [--output benchmarks/results.json] [--model NAME] [--device DEV]
 
-The same as ``alexnet benchmark --train --json --update-readme README.md``, with the JSON kept in a file.
+The same as ``alexnet benchmark --train --json --update-readme README.md`` (bounded to about 3 minutes;
+``--full`` times every mode), with the JSON kept in a file.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=str(Path(__file__).with_name("results.json")))
     p.add_argument("--model", default="alexnet")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--full", action="store_true", help="every mode in rounds, no time budget (several minutes)")
     args = p.parse_args(argv)
-    err = Console(stderr=True)
-    result = run_benchmark(args.model, (1, 64), train=True, device=args.device, log=lambda m: err.print(m, style="dim"))
+    err = Console(stderr=True, soft_wrap=True)
+    result = run_benchmark(
+        args.model, (1, 64), train=True, device=args.device, full=args.full, log=lambda m: err.print(m, style="dim")
+    )
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     Console().print(format_table(result))
     update_readme(args.readme, result)

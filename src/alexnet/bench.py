@@ -236,6 +236,10 @@ def _release(*modes: Mode) -> None:
     gc.collect()
 
 
+def _table(phase: str) -> dict[str, Mode]:
+    return INFERENCE_MODES if phase == "inference" else TRAINING_MODES
+
+
 def _screen_order(modes: Sequence[str], table: dict[str, Mode], guess: Callable[[str], float]) -> list[str]:
     """The cheap set-ups first (in the table's order), then the costly ones, quickest first."""
     costly = [m for m in modes if table[m].engine in autotune.COSTLY_ENGINES]
@@ -326,8 +330,9 @@ def measure_shape(
         if s.precision not in best or s.seconds < best[s.precision].seconds:
             best[s.precision] = s
     timed = screened if full or named else sorted(best.values(), key=lambda s: s.seconds)
-    if ctx.progress is not None:
-        ctx.progress.add(len(timed))
+    if ctx.progress is not None:  # the plan counted every mode (or every precision) in rounds
+        planned = len(modes) if full or named else len({_table(phase)[m].precision for m in modes})
+        ctx.progress.add(len(timed) - planned)
     rows = []
     for s in timed:
         rows.append(ctx.against_baseline(s.call, model, s.mode, phase, batch, s.precision, s.setup_s))
@@ -390,7 +395,7 @@ def _checked(names: Iterable[str] | None, table: dict[str, Mode], phase: str) ->
     return names
 
 
-DEFAULT_BUDGET_S = 170.0  # the default run ends within 3 minutes, its set-up included
+DEFAULT_BUDGET_S = 160.0  # the default run ends within 3 minutes, starting and the peaks included
 _SHAPE_WEIGHT = {"inference": 1.0, "train": 2.0}  # a training step's rounds take about twice the time
 
 
@@ -460,7 +465,11 @@ def run_benchmark(
     budget = None if full else budget_s
     log(f"benchmarking {model} on {device}: {what}, {torch.get_num_threads()} threads; against {BASELINE}, "
         f"{rounds} interleaved rounds per mode" + (f", within ~{_duration(budget)}" if budget else ""))  # fmt: skip
-    progress = Progress(sum(len(m) for _, _, m, _ in plan), budget)
+    # each mode is screened, and in rounds too with --full or when named (else about one mode per precision)
+    rounds_planned = [
+        len(m) if full or named else len({_table(phase)[x].precision for x in m}) for phase, _, m, named in plan
+    ]
+    progress = Progress(sum(len(m) for _, _, m, _ in plan) + sum(rounds_planned), budget)
     with BaselineProcess(device, timing) if tuned else Baseline(device, timer) as baseline:
         peaks = measure_peaks(device, peak_size)
         log("matmul peak GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
@@ -490,5 +499,6 @@ def run_benchmark(
         "rows": [r.to_json() for r in base + rows],
         "skipped": [s.to_json() for s in skipped],
         "auto": autos,
+        "full": full,
         "seconds": round(time.perf_counter() - begin, 1),
     }

@@ -102,8 +102,9 @@ def markdown_report(result: dict[str, Any]) -> str:
     """The README block: machine, peaks, method, goals reached, the full table, skipped modes."""
     m = result["machine"]
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
+    full = " --full" if result.get("full") else ""
     lines = [
-        f"Measured {m['date']} by `alexnet benchmark --model {result['model']}` on {describe_machine(m)} "
+        f"Measured {m['date']} by `alexnet benchmark --model {result['model']}{full}` on {describe_machine(m)} "
         f"(machine class: {_machine_class(result)}).",
         f"Matmul peak (median): {peaks} GFLOP/s{' (int8: GOP/s)' if 'int8' in result['peak_gflops'] else ''}. "
         f"{_method(result)}",
