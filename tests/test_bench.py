@@ -157,3 +157,21 @@ def test_the_baseline_can_run_in_a_process_of_its_own():
     with BaselineProcess(torch.device("cpu"), timing) as baseline:
         first, second = baseline.measure("inference", 1), baseline.measure("inference", 1)
     assert first > 0 and second > 0 and baseline.seconds == {("inference", 1): [first, second]}
+
+
+def test_a_mode_that_fails_while_timed_is_a_skipped_row_not_the_end(monkeypatch):
+    """It prepared and ran once, then ran out of memory in the rounds: the run goes on and says why."""
+    calls = []
+
+    def flaky(fn) -> float:
+        calls.append(fn)
+        if len(calls) == 4:  # the screening call, then baseline, mode: the mode's first timed measurement fails
+            raise RuntimeError("DefaultCPUAllocator: not enough memory\nmore detail")
+        return 0.01
+
+    result = run_benchmark("alexnet_small", [2], modes=["eager-fp32", "channels-last-fp32"], rounds=1, timer=flaky,
+                           screen_timer=ten_ms, **QUICK)  # fmt: skip
+    skipped = {s["mode"]: s["reason"] for s in result["skipped"]}
+    rows = {r["mode"] for r in result["rows"]}
+    assert len(skipped) == 1 and len(rows & {"eager-fp32", "channels-last-fp32"}) == 1
+    assert next(iter(skipped.values())) == "failed while timed: DefaultCPUAllocator: not enough memory"

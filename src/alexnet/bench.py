@@ -335,7 +335,11 @@ def measure_shape(
         ctx.progress.add(len(timed) - planned)
     rows = []
     for s in timed:
-        rows.append(ctx.against_baseline(s.call, model, s.mode, phase, batch, s.precision, s.setup_s))
+        try:
+            rows.append(ctx.against_baseline(s.call, model, s.mode, phase, batch, s.precision, s.setup_s))
+        except (RuntimeError, MemoryError) as e:  # a mode that ran once and then failed is a row, not the end
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            skipped.append(ctx.skip(model, s.mode, phase, batch, f"failed while timed: {first[:300]}"))
     table = INFERENCE_MODES if phase == "inference" else TRAINING_MODES
     auto_modes = (
         inference_candidates("auto", ctx.device) if phase == "inference" else training_candidates("auto", ctx.device)
