@@ -31,10 +31,13 @@ __all__ = [
     "autocast_context",
     "sgd_kwargs",
     "tune_cpu_allocator",
+    "AGREEMENT_THRESHOLD",
 ]
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]  # int8: inference only
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# A reduced precision (bf16, fp16, int8) is used only if its top-1 agrees with fp32's on this share of held-out images.
+AGREEMENT_THRESHOLD = 0.99
 
 
 def resolve_device(name: str = "auto") -> torch.device:

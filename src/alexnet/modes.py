@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import device as _device
-from .device import DTYPES, Precision, autocast_context, sgd_kwargs
+from .device import AGREEMENT_THRESHOLD, DTYPES, Precision, autocast_context, sgd_kwargs
 from .engine import backward_update, forward_loss
 from .errors import InputTooSmall, ModeUnavailable, UserError
 
@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-AGREEMENT_THRESHOLD = 0.99
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ else (LRN's sum of squares, softmax) stays fp32. Two quantisers apply it, one pe
   lowers to oneDNN's int8 kernels; the ``compile-int8`` inference mode.
 
 :func:`export_int8` writes the quantised ONNX file only after its top-1 agrees with fp32 on held-out
-images (images the calibration did not see) on at least :data:`~alexnet.modes.AGREEMENT_THRESHOLD`.
+images (images the calibration did not see) on at least :data:`~alexnet.device.AGREEMENT_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from torchvision.transforms.v2 import functional as TF
 from . import data
 from .card import ModelCard
 from .datasets import resolve_dataset
+from .device import AGREEMENT_THRESHOLD
 from .engine import normalize
 from .errors import ModeUnavailable, UserError
 from .export import QUANTIZATION_KEY, ExportVerificationError, OnnxModel, _onnx_proto
@@ -332,7 +333,7 @@ def export_int8(
 ) -> dict[str, Any]:
     """Quantise ``model`` (:func:`quantize_onnx`), check it against fp32 on ``heldout`` (images, labels or
     None, description: :func:`heldout_set`) and write it to ``output`` only if its top-1 agrees on at least
-    ``threshold`` of them (default :data:`~alexnet.modes.AGREEMENT_THRESHOLD`); returns a report.
+    ``threshold`` of them (default :data:`~alexnet.device.AGREEMENT_THRESHOLD`); returns a report.
 
     ``weight_bits`` 7 (the default) keeps every weight within +-64: on a CPU without int8 dot products
     (VNNI), ONNX Runtime sums pairs of uint8 x int8 products in 16 bits, and 2 x 255 x 64 = 32,640 cannot
@@ -341,8 +342,6 @@ def export_int8(
 
     Raises :class:`~alexnet.export.ExportVerificationError` (and writes nothing) below the threshold.
     """
-    from .modes import AGREEMENT_THRESHOLD
-
     threshold = AGREEMENT_THRESHOLD if threshold is None else threshold
     check_writable(output)
     start = time.perf_counter()
