@@ -44,6 +44,7 @@ from . import prepared
 from .data import _is_image_file, image_files
 from .errors import UserError
 from .imagenet import GROUND_TRUTH, META, TAR_SUFFIXES, WNID, Devkit, class_words, read_devkit, read_synset_mapping
+from .plan import Plan, PrepareOptions, ShardTask, scan_folder
 
 __all__ = ["archive_kind", "plan_source"]
 
@@ -189,9 +190,7 @@ def _by_class(rows: list[Row], what: str) -> tuple[list[str], list[Row]]:
     return classes, rows
 
 
-def _tasks(split: str, part: _Split, dst: Path, options: Any) -> list[Any]:
-    from .prepare import ShardTask
-
+def _tasks(split: str, part: _Split, dst: Path, options: PrepareOptions) -> list[ShardTask]:
     stored = json.dumps(options.stored(), sort_keys=True)
     index = {c: i for i, c in enumerate(part.classes)}
     n = options.shard_images
@@ -214,17 +213,15 @@ def _tasks(split: str, part: _Split, dst: Path, options: Any) -> list[Any]:
 def plan_source(
     src: Path,
     dst: Path,
-    options: Any,
+    options: PrepareOptions,
     *,
     labels: str | os.PathLike | None = None,
     devkit: str | os.PathLike | None = None,
     workers: int = 0,
     log: Callable[[str], None] = lambda message: None,
-) -> Any:
-    """The :class:`~alexnet.prepare.Plan` of ``src`` if it is ImageNet's archives, Kaggle's copy, or a flat
+) -> Plan | None:
+    """The :class:`~alexnet.plan.Plan` of ``src`` if it is ImageNet's archives, Kaggle's copy, or a flat
     folder given ``labels``; None for a folder of class folders (planned as before)."""
-    from .prepare import Plan
-
     notes: list[str] = []  # said once the plan stands, so that a failure is the only line
     if labels is not None:
         splits = _labelled_folder(src, Path(labels), notes.append)
@@ -372,14 +369,12 @@ def _folder_split(folder: Path, classes: list[str], files: list[tuple[Path, int]
 
 
 def _kaggle(src: Path, log: Callable[[str], None]) -> dict[str, _Split]:
-    from .prepare import _scan
-
     data = src / KAGGLE_DATA
     mapping = src / KAGGLE_SYNSETS
     words = read_synset_mapping(mapping) if mapping.is_file() else {}
     splits: dict[str, _Split] = {}
     if (data / "train").is_dir():
-        classes, files = _scan(data / "train")
+        classes, files = scan_folder(data / "train")
         if words and (unknown := [c for c in classes if c not in words]):
             raise UserError(f"{data / 'train'}: class folder {unknown[0]} is not a synset of {mapping}")
         splits["train"] = _folder_split(data / "train", classes, files, [words[c] for c in classes] if words else None)
