@@ -403,6 +403,29 @@ DEFAULT_BUDGET_S = 160.0  # the default run ends within 3 minutes, starting and 
 _SHAPE_WEIGHT = {"inference": 1.0, "train": 2.0}  # a training step's rounds take about twice the time
 
 
+def _plan(
+    device: torch.device,
+    batch_sizes: Sequence[int],
+    train_batch_size: int | None,
+    modes: Iterable[str] | None,
+    train_modes: Iterable[str] | None,
+    full: bool,
+) -> list[tuple[str, int, list[str], bool]]:
+    """(phase, batch size, modes, whether they were named) of each shape measured; training only with a
+    ``train_batch_size``."""
+    named_modes = _checked(modes, INFERENCE_MODES, "inference")
+    default_modes = [m for m in INFERENCE_MODES if device.type in INFERENCE_MODES[m].devices]
+    plan = [("inference", b, named_modes or default_modes, named_modes is not None) for b in batch_sizes]
+    if train_batch_size is not None:
+        named_train = _checked(train_modes, TRAINING_MODES, "training")
+        # eager-fp32 trains the way the baseline does (NCHW, plain SGD): the default leaves it to --full
+        default_train = [
+            m for m in TRAINING_MODES if device.type in TRAINING_MODES[m].devices and (full or m != "eager-fp32")
+        ]
+        plan.append(("train", train_batch_size, named_train or default_train, train_modes is not None))
+    return plan
+
+
 def run_benchmark(
     model: str = "alexnet",
     batch_sizes: Sequence[int] = (1, 64),
@@ -445,21 +468,12 @@ def run_benchmark(
     begin = time.perf_counter()
     log = log or (lambda _msg: None)
     device = torch.device(device)
-    named_modes = _checked(modes, INFERENCE_MODES, "inference")
-    named_train = _checked(train_modes, TRAINING_MODES, "training") if train else []
-    default_modes = [m for m in INFERENCE_MODES if device.type in INFERENCE_MODES[m].devices]
-    # eager-fp32 trains the way the baseline does (NCHW, plain SGD): the default leaves it to --full
-    default_train = [
-        m for m in TRAINING_MODES if device.type in TRAINING_MODES[m].devices and (full or m != "eager-fp32")
-    ]
+    plan = _plan(device, batch_sizes, train_batch_size if train else None, modes, train_modes, full)
     timing = {"warmup": warmup, "repeats": repeats, "max_seconds": max_seconds, "min_seconds": min_seconds}
     fake = timer is not None
     timer = timer or functools.partial(median_seconds, device=device, **timing)
     if screen_timer is None:  # what auto measures: the fastest of a few calls
         screen_timer = timer if fake else functools.partial(autotune.time_prepared, device=device)
-    plan = [("inference", b, named_modes or default_modes, named_modes is not None) for b in batch_sizes]
-    if train:
-        plan.append(("train", train_batch_size, named_train or default_train, train_modes is not None))
     shapes = [(phase, batch) for phase, batch, _, _ in plan]
     # the baseline with the allocator tuning (+malloc rows): a few more rounds per shape, left to --full
     tuned = tune_cpu_allocator() if tune_allocator and device.type == "cpu" else False
