@@ -114,34 +114,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
-    import time
-    from pathlib import Path
 
-    from .datasets import resolve_dataset
-    from .recipes import TrainConfig, resolve_config
-    from .train import continue_config, fit
+    from .distributed import main_process
+    from .recipes import TrainConfig
+    from .train import fit, resolve_run
 
     overrides = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(TrainConfig)
         if f.name != "recipe" and getattr(args, f.name) is not None
     }
-    if args.data and args.dataset:
-        raise FlagError("give DATA or --dataset, not both")
-    source = resolve_dataset(args.dataset) if args.dataset else args.data
-    if args.resume:
-        if args.output and Path(args.output) != Path(args.resume):
-            raise FlagError("--resume continues in its own run folder; leave out --output")
-        if args.recipe or args.config:
-            raise FlagError("a resumed run keeps its recipe; change single fields with flags (e.g. --epochs)")
-        cfg, run_dir = continue_config(args.resume, overrides), Path(args.resume)
-    else:
-        if source is None:
-            raise FlagError("give a data folder (DATA), --dataset digits, or --resume RUN_DIR")
-        cfg = resolve_config(args.recipe or "paper2012", args.config, overrides)
-        run_dir = Path(args.output or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from .distributed import main_process
-
+    source, cfg, run_dir = resolve_run(
+        args.data, dataset=args.dataset, recipe=args.recipe, config=args.config, overrides=overrides,
+        resume=args.resume, output=args.output,
+    )  # fmt: skip
     result = fit(source, run_dir, cfg, resume=bool(args.resume), quiet=args.quiet)
     if result["history"] and main_process():
         best = result["best_top1"]
@@ -181,21 +167,11 @@ def _calibration(args: argparse.Namespace, card: object, **kw: object) -> object
 
 
 def _print_mode(command: str, mode: dict) -> None:
-    """How the inference mode was chosen (stderr): why this one, why earlier candidates were passed over, a
-    precision that is slow here, int8's agreement and calibration."""
-    if mode.get("reason"):
-        print(f"alexnet {command}: mode {mode['reason']}", file=sys.stderr)
-    if mode.get("fallback_reason"):
-        print(f"alexnet {command}: passed over: {mode['fallback_reason']}", file=sys.stderr)
-    if mode.get("note"):
-        print(f"alexnet {command}: note: {mode['note']}", file=sys.stderr)
-    if "agreement" in mode:
-        print(f"alexnet {command}: {mode['mode']} agrees with fp32 on {mode['agreement']:.1%} of held-out images",
-              file=sys.stderr)  # fmt: skip
-    record = mode.get("calibration")
-    if record and mode.get("mode", "").endswith("int8"):
-        print(f"alexnet {command}: int8 calibrated ({record['calibration_method']}) on {record['calibration_source']}",
-              file=sys.stderr)  # fmt: skip
+    """How the inference mode was chosen, on stderr."""
+    from .inference import mode_lines
+
+    for line in mode_lines(mode):
+        print(f"alexnet {command}: {line}", file=sys.stderr)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -218,8 +194,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .imagenet import error_table, format_error_table, is_imagenet
-    from .inference import default_eval_dir, evaluate_folder, load_classifier, write_eval_csv
+    from .inference import default_eval_dir, describe_evaluation, evaluate_folder, load_classifier, write_eval_csv
 
     clf = load_classifier(args.checkpoint, device=args.device)
     result = evaluate_folder(
@@ -227,31 +202,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         workers=args.workers, strict=args.strict, calibration=_calibration(args, clf.card),
     )  # fmt: skip
     _print_mode("evaluate", result["inference"])
-    classes = list(clf.card.classes)
-    out = Path(args.output) if args.output else default_eval_dir(clf.source, result["folder"])
-    if args.ten_crop and is_imagenet(classes):  # the paper's Table 2, next to its references
-        result["table"] = error_table(result, sum(1 for n in result["per_class_images"] if n))
-    if args.json:
-        slim = {k: v for k, v in result.items() if k not in ("confusion", "per_class_images")}
-        slim["per_class_top1"] = {
-            c: a for c, a, n in zip(classes, result["per_class_top1"], result["per_class_images"], strict=True) if n
-        }
-        print(json.dumps(slim, indent=2), flush=True)
-    else:
-        rows = [("centre crop", result["center"]), ("10-crop", result)] if args.ten_crop else [("centre crop", result)]
-        print(f"{clf.card.model} from {clf.source} on {result['folder']}: {result['images']} images "
-              f"({result['skipped']} unreadable skipped), inference mode {result['mode']}")  # fmt: skip
-        for name, r in rows:
-            print(
-                f"  {name:<12} top-1 {r['top1']:.2%} (error {r['top1_error']:.2%})   "
-                f"top-5 {r['top5']:.2%} (error {r['top5_error']:.2%})   loss {r['loss']:.4f}",
-                flush=True,
-            )
-        if "table" in result:
-            print(format_error_table(result["table"]), flush=True)
+    print(describe_evaluation(clf, result, ten_crop=args.ten_crop, as_json=args.json), flush=True)
     # The numbers are out before anything is written: a read-only run folder loses nothing but the CSVs.
+    out = Path(args.output) if args.output else default_eval_dir(clf.source, result["folder"])
     try:
-        files = write_eval_csv(result, classes, out, clf.card.words)
+        files = write_eval_csv(result, list(clf.card.classes), out, clf.card.words)
     except UserError as e:
         print(f"alexnet evaluate: error: {e}; the results above were not saved (choose a folder with --output)",
               file=sys.stderr)  # fmt: skip
@@ -275,7 +230,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import image_paths, load_classifier, predict_files
+    from .inference import image_paths, load_classifier, predict_files, prediction_lines
 
     images = list(args.images)
     source = args.source
@@ -290,13 +245,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.json:  # the predictions, and how the mode that made them was chosen
         print(json.dumps({"inference": clf.mode, "predictions": results}, indent=2))
     else:
-        for r in results:
-            if "error" in r:
-                continue
-            print(r["file"])
-            for t in r["top"]:
-                shown = f"{t['words']} ({t['class']})" if "words" in t else t["class"]
-                print(f"  {t['probability']:7.2%}  {shown}")
+        for line in prediction_lines(results):
+            print(line)
     failed = [r for r in results if "error" in r]
     for r in failed:
         print(f"alexnet predict: error: {r['file']}: {r['error']}", file=sys.stderr)
@@ -432,7 +382,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
-    from .export import ExportVerificationError, export_model
+    from .export import ExportVerificationError, describe_export, export_model
     from .files import check_writable
 
     check_writable(args.output)  # before the checkpoint is read: a wrong --output costs nothing
@@ -443,59 +393,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise FlagError("--calibration, --keep-fp32 and --weight-bits go with --int8")
     path = resolve_checkpoint_path(args.checkpoint)
     model, meta = load_checkpoint(path, map_location="cpu")
-    if args.int8:
-        return _export_int8(args, model, checkpoint_card(meta, path), meta.get("data"))
+    card = checkpoint_card(meta, path)
     try:
-        report = export_model(model, checkpoint_card(meta, path), args.format, args.output, args.input_size)
+        if args.int8:
+            from .quantize import describe_int8_export, export_checkpoint_int8
+
+            report = export_checkpoint_int8(
+                model, card, args.output, calibration=args.calibration, train_data=meta.get("data"),
+                images=args.calibration_images, method=args.calibration_method, keep_fp32=tuple(args.keep_fp32),
+                weight_bits=args.weight_bits, input_size=args.input_size,
+            )  # fmt: skip
+            print(describe_int8_export(report))
+        else:
+            print(describe_export(export_model(model, card, args.format, args.output, args.input_size)))
     except ExportVerificationError as e:
         print(f"alexnet export: verification failed: {e}", file=sys.stderr)
         return 1
-    print(
-        f"wrote {report['output']} ({report['format']}, {report['bytes'] / 1e6:.1f} MB, "
-        f"input {report['input_shape']}); "
-        f"verified with {report['verified_with']} on a batch of {report['check_batch']}: "
-        f"max abs diff {report['max_abs_diff']:.2e} (tolerance {report['tolerance']:.1e})"
-    )
     return 0
 
 
-def _export_int8(args: argparse.Namespace, model: object, card: object, train_data: object) -> int:
-    from dataclasses import replace
-
-    from .export import ExportVerificationError
-    from .quantize import export_int8, heldout_set, load_calibration
-
-    source = args.calibration or (train_data if isinstance(train_data, str) and Path(train_data).is_dir() else None)
-    if source is None:
-        raise UserError("--int8 needs images to calibrate on: --calibration DATA (the checkpoint's training "
-                        f"data, {train_data or 'not recorded'}, is not there)")  # fmt: skip
-    if args.input_size:
-        card = replace(card, input_size=args.input_size, resize_size=max(args.input_size, card.resize_size))
-    calibration = load_calibration(source, card, count=args.calibration_images, method=args.calibration_method)
-    heldout = heldout_set(source, card, calibration)
-    try:
-        report = export_int8(model, card, args.output, calibration, heldout, keep_fp32=tuple(args.keep_fp32),
-                             weight_bits=args.weight_bits)  # fmt: skip
-    except ExportVerificationError as e:
-        print(f"alexnet export: verification failed: {e}", file=sys.stderr)
-        return 1
-    accuracy = (
-        f"; held-out top-1 fp32 {report['fp32_top1']:.2%}, int8 {report['int8_top1']:.2%}"
-        if "int8_top1" in report
-        else ""
-    )
-    print(
-        f"wrote {report['output']} (onnx int8, {args.weight_bits}-bit weights, {report['bytes'] / 1e6:.1f} MB, "
-        f"input {report['input_shape']}); "
-        f"calibrated ({args.calibration_method}) on {calibration.source}; top-1 agreement with fp32 on "
-        f"{report['heldout']}: {report['agreement']:.2%} (needs {report['threshold']:.0%}){accuracy}"
-    )
-
-
 # ----------------------------------------------------------------------------------------- visualize
-_NEEDS_DATA = {"predictions": "DATA", "neighbors": "DATA", "confusion": "DATA", "activations": "IMAGE"}
-
-
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
     from .features import METRICS
     from .visualize import WHATS
@@ -554,18 +471,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from .files import check_writable
     from .inference import load_classifier
 
-    parts = list(args.parts)
-    source = None if parts[0] in viz.WHATS else parts.pop(0)
-    if not parts or parts[0] not in viz.WHATS:
-        raise FlagError(f"say what to draw after the checkpoint: one of {', '.join(viz.WHATS)}")
-    what, rest = parts[0], parts[1:]
-    if len(rest) > 1:
-        raise FlagError(f"visualize {what} takes at most one DATA argument, got {len(rest)}: {' '.join(rest)}")
-    target = rest[0] if rest else None
-    if what in _NEEDS_DATA and target is None:
-        raise FlagError(f"visualize {what} needs {_NEEDS_DATA[what]} after it (e.g. ... {what} path/to/data)")
-    if what in ("filters",) and target is not None:
-        raise FlagError(f"visualize {what} takes no DATA (got {target})")
+    source, what, target = viz.parse_request(args.parts)
     out = Path(args.output) / f"{what}.png"
     check_writable(out)  # before any model is loaded or image decoded
     if what == "curves":
@@ -577,27 +483,10 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     if source is not None and (args.model or args.weights):
         raise FlagError("give CHECKPOINT or --model/--weights, not both")
     clf = load_classifier(source, model=args.model, weights=args.weights, device=args.device)
-    if what == "filters":
-        fig = viz.filters_figure(clf, out)
-    elif what == "predictions":
-        fig = viz.predictions_figure(clf, target, out, count=args.count or 8, seed=args.seed, precision=args.precision)
-    elif what == "neighbors":
-        fig = viz.neighbors_figure(
-            clf,
-            target,
-            out,
-            count=args.count or 5,
-            k=args.neighbors,
-            metric=args.metric,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            precision=args.precision,
-        )
-    elif what == "confusion":
-        fig = viz.confusion_figure(clf, target, out, limit=args.limit, workers=args.workers, precision=args.precision)
-    else:
-        fig = viz.activations_figure(clf, target, out)
+    fig = viz.make_figure(
+        what, clf, target, out, count=args.count, k=args.neighbors, metric=args.metric, limit=args.limit,
+        seed=args.seed, batch_size=args.batch_size, workers=args.workers, precision=args.precision,
+    )  # fmt: skip
     if clf.mode.get("reason"):  # the figures that classify: how their mode was chosen
         _print_mode("visualize", clf.mode)
     if fig.details.get("note"):
@@ -688,19 +577,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     mode = clf.mode.get("mode")
     if args.load_test:
-        from .serve.loadtest import compare_batching, sample_jpeg
+        from .serve.loadtest import compare_batching, describe_comparison, sample_jpeg
 
         result = compare_batching(
             clf, payload or sample_jpeg(), requests=args.requests, concurrency=args.concurrency,
             rounds=args.rounds, max_batch=max(args.max_batch, 2), max_wait_ms=args.batch_wait_ms,
             log=lambda m: print(m, file=sys.stderr, flush=True),
         )  # fmt: skip
-        print(f"{clf.card.model} ({mode}), {args.requests} requests x {args.rounds} rounds, "
-              f"{args.concurrency} at a time, loopback; median of the rounds:")  # fmt: skip
-        for name, r in result["results"].items():
-            print(f"  {name:<34} {r['requests_per_s']:7.1f} req/s   p50 {r['p50_ms']:7.1f} ms   "
-                  f"p99 {r['p99_ms']:7.1f} ms   errors {r['errors']}")  # fmt: skip
-        print(f"  batching: {result['speedup']:.2f}x the requests/s")
+        print("\n".join(describe_comparison(result, clf.card.model)))
         return 1 if any(r["errors"] for r in result["results"].values()) else 0
     limits = Limits(int(args.max_upload_mb * 1024 * 1024), int(args.max_megapixels * 1e6), args.max_files)
     app = create_app(clf, limits=limits, max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms)
@@ -764,7 +648,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .prepare import PrepareOptions, prepare_dataset
+    from .prepare import PrepareOptions, describe_result, prepare_dataset
 
     options = PrepareOptions(args.size, args.mode, args.format, args.quality, args.shard_images)
     result = prepare_dataset(
@@ -772,15 +656,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         labels=args.labels, devkit=args.devkit,
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )  # fmt: skip
-    rate = f", {result['converted'] / result['seconds']:.0f} images/s" if result["seconds"] > 0 else ""
-    splits = ", ".join(f"{name} {s['images']}" for name, s in result["splits"].items())
-    print(
-        f"{args.dst}: {result['images']} images ({splits}), {result['encoding']} {result['mode']} {result['size']}, "
-        f"{result['bytes'] / 1e6:.1f} MB ({result['bytes'] / max(result['images'], 1) / 1e3:.1f} kB per image); "
-        f"converted {result['converted']} in {result['seconds']:.1f} s{rate}"
-    )
-    if result["skipped"]:
-        print(f"skipped {result['skipped']} unreadable files, listed in {Path(args.dst) / result['report']}")
+    print("\n".join(describe_result(result, args.dst)))
     return 0
 
 

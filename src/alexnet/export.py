@@ -34,6 +34,7 @@ __all__ = [
     "FORMATS",
     "ExportVerificationError",
     "export_model",
+    "describe_export",
     "export_onnx",
     "OnnxModel",
     "is_onnx_file",
@@ -179,6 +180,16 @@ def export_model(
     atomic_write_bytes(output, data)
     report["seconds"] = time.perf_counter() - start
     return report
+
+
+def describe_export(report: dict[str, Any]) -> str:
+    """:func:`export_model`'s report in a line: the file, its size and input, how it was verified."""
+    return (
+        f"wrote {report['output']} ({report['format']}, {report['bytes'] / 1e6:.1f} MB, "
+        f"input {report['input_shape']}); "
+        f"verified with {report['verified_with']} on a batch of {report['check_batch']}: "
+        f"max abs diff {report['max_abs_diff']:.2e} (tolerance {report['tolerance']:.1e})"
+    )
 
 
 # --------------------------------------------------------------------------------------------

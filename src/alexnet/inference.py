@@ -34,13 +34,23 @@ from .engine import evaluate, normalize
 from .errors import FlagError, UserError
 from .export import OnnxModel, is_onnx_file
 from .files import atomic_write_bytes
-from .imagenet import class_words, imagenet_words
+from .imagenet import class_words, error_table, format_error_table, imagenet_words, is_imagenet
 from .registry import create_model, get_spec
 
 if TYPE_CHECKING:
     from .quantize import Calibration
 
-__all__ = ["Classifier", "load_classifier", "predict_files", "evaluate_folder", "image_paths", "write_eval_csv"]
+__all__ = [
+    "Classifier",
+    "load_classifier",
+    "predict_files",
+    "evaluate_folder",
+    "image_paths",
+    "write_eval_csv",
+    "mode_lines",
+    "prediction_lines",
+    "describe_evaluation",
+]
 
 
 @dataclass
@@ -248,7 +258,8 @@ def evaluate_folder(
     calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 (and their errors), per-class accuracy and the confusion matrix of ``clf`` on a folder
-    (or a prepared dataset: see :mod:`alexnet.prepared`).
+    (or a prepared dataset: see :mod:`alexnet.prepared`); with ``ten_crop`` on ImageNet's classes, also
+    the paper's error table (``table``: :func:`~alexnet.imagenet.error_table`).
 
     The folder's class names must be among the classifier's; its targets are mapped by name. With
     ``precision="auto"`` a reduced-precision mode is used only if it agrees with fp32 on the top-1 of
@@ -292,7 +303,67 @@ def evaluate_folder(
     )  # fmt: skip
     result["skipped"] += len(ds.skipped)
     result.update(folder=str(folder), source=clf.source, mode=clf.mode.get("mode"), inference=clf.mode)
+    if ten_crop and is_imagenet(known):  # the paper's Table 2, next to its references
+        result["table"] = error_table(result, sum(1 for n in result["per_class_images"] if n))
     return result
+
+
+def describe_evaluation(
+    clf: Classifier, result: dict[str, Any], *, ten_crop: bool = False, as_json: bool = False
+) -> str:
+    """What ``alexnet evaluate`` prints of :func:`evaluate_folder`'s ``result``: the centre crop's (and the
+    10-crop's) top-1, top-5 and loss, the paper's table where there is one; or, ``as_json``, one object
+    with the per-class top-1 of the classes present instead of the confusion matrix."""
+    classes = list(clf.card.classes)
+    if as_json:
+        slim = {k: v for k, v in result.items() if k not in ("confusion", "per_class_images")}
+        slim["per_class_top1"] = {
+            c: a for c, a, n in zip(classes, result["per_class_top1"], result["per_class_images"], strict=True) if n
+        }
+        return json.dumps(slim, indent=2)
+    rows = [("centre crop", result["center"]), ("10-crop", result)] if ten_crop else [("centre crop", result)]
+    lines = [f"{clf.card.model} from {clf.source} on {result['folder']}: {result['images']} images "
+             f"({result['skipped']} unreadable skipped), inference mode {result['mode']}"]  # fmt: skip
+    for name, r in rows:
+        lines.append(
+            f"  {name:<12} top-1 {r['top1']:.2%} (error {r['top1_error']:.2%})   "
+            f"top-5 {r['top5']:.2%} (error {r['top5_error']:.2%})   loss {r['loss']:.4f}"
+        )
+    if "table" in result:
+        lines.append(format_error_table(result["table"]))
+    return "\n".join(lines)
+
+
+def mode_lines(mode: dict[str, Any]) -> list[str]:
+    """How the inference mode was chosen (the report of :meth:`Classifier.fast`), a line each: why this one,
+    why earlier candidates were passed over, a precision that is slow here, int8's agreement and calibration."""
+    lines = []
+    if mode.get("reason"):
+        lines.append(f"mode {mode['reason']}")
+    if mode.get("fallback_reason"):
+        lines.append(f"passed over: {mode['fallback_reason']}")
+    if mode.get("note"):
+        lines.append(f"note: {mode['note']}")
+    if "agreement" in mode:
+        lines.append(f"{mode['mode']} agrees with fp32 on {mode['agreement']:.1%} of held-out images")
+    record = mode.get("calibration")
+    if record and mode.get("mode", "").endswith("int8"):
+        lines.append(f"int8 calibrated ({record['calibration_method']}) on {record['calibration_source']}")
+    return lines
+
+
+def prediction_lines(results: list[dict[str, Any]]) -> list[str]:
+    """:func:`predict_files`' results as ``alexnet predict`` prints them: each readable file, then its classes
+    with their probabilities (the files that could not be read are left to the caller)."""
+    lines = []
+    for r in results:
+        if "error" in r:
+            continue
+        lines.append(r["file"])
+        for t in r["top"]:
+            shown = f"{t['words']} ({t['class']})" if "words" in t else t["class"]
+            lines.append(f"  {t['probability']:7.2%}  {shown}")
+    return lines
 
 
 def write_eval_csv(

@@ -42,6 +42,7 @@ __all__ = [
     "ShardTask",
     "plan_shards",
     "prepare_dataset",
+    "describe_result",
     "REPORT",
     "DEFAULT_ENCODING",
 ]
@@ -285,6 +286,21 @@ def prepare_dataset(
     manifest = _finish(src, dst, plan, options, results)
     converted = plan.images - already
     return {**manifest, "converted": converted, "seconds": seconds}
+
+
+def describe_result(result: dict[str, Any], dst: str | os.PathLike) -> list[str]:
+    """:func:`prepare_dataset`'s result as ``alexnet prepare`` prints it: what ``dst`` holds, how fast it was
+    converted, and where the skipped files are listed."""
+    rate = f", {result['converted'] / result['seconds']:.0f} images/s" if result["seconds"] > 0 else ""
+    splits = ", ".join(f"{name} {s['images']}" for name, s in result["splits"].items())
+    lines = [
+        f"{dst}: {result['images']} images ({splits}), {result['encoding']} {result['mode']} {result['size']}, "
+        f"{result['bytes'] / 1e6:.1f} MB ({result['bytes'] / max(result['images'], 1) / 1e3:.1f} kB per image); "
+        f"converted {result['converted']} in {result['seconds']:.1f} s{rate}"
+    ]
+    if result["skipped"]:
+        lines.append(f"skipped {result['skipped']} unreadable files, listed in {Path(dst) / result['report']}")
+    return lines
 
 
 def _finish(

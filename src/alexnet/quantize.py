@@ -50,6 +50,8 @@ __all__ = [
     "quantize_onnx",
     "quantize_pt2e",
     "export_int8",
+    "export_checkpoint_int8",
+    "describe_int8_export",
     "top1_agreement",
 ]
 
@@ -384,3 +386,46 @@ def export_int8(
     atomic_write_bytes(output, blob)
     report["seconds"] = time.perf_counter() - start
     return report
+
+
+def export_checkpoint_int8(
+    model: nn.Module,
+    card: ModelCard,
+    output: str | os.PathLike,
+    *,
+    calibration: str | os.PathLike | None = None,
+    train_data: Any = None,
+    images: int = CALIBRATION_IMAGES,
+    method: str = "minmax",
+    keep_fp32: tuple[str, ...] = (),
+    weight_bits: int = 7,
+    input_size: int | None = None,
+) -> dict[str, Any]:
+    """``alexnet export --int8``: calibrate ``model`` on ``images`` of ``calibration`` (default: the folder it
+    was trained on, ``train_data`` from its checkpoint, if that is still there), check it on held-out images
+    of the same source and write ``output`` (:func:`export_int8`); returns its report."""
+    source = calibration or (train_data if isinstance(train_data, str) and Path(train_data).is_dir() else None)
+    if source is None:
+        raise UserError("--int8 needs images to calibrate on: --calibration DATA (the checkpoint's training "
+                        f"data, {train_data or 'not recorded'}, is not there)")  # fmt: skip
+    if input_size:
+        card = replace(card, input_size=input_size, resize_size=max(input_size, card.resize_size))
+    chosen = load_calibration(source, card, count=images, method=method)
+    heldout = heldout_set(source, card, chosen)
+    return export_int8(model, card, output, chosen, heldout, keep_fp32=tuple(keep_fp32), weight_bits=weight_bits)
+
+
+def describe_int8_export(report: dict[str, Any]) -> str:
+    """:func:`export_int8`'s report in a line: the file, its recipe and calibration, the agreement it passed."""
+    recipe = report["quantization"]
+    accuracy = (
+        f"; held-out top-1 fp32 {report['fp32_top1']:.2%}, int8 {report['int8_top1']:.2%}"
+        if "int8_top1" in report
+        else ""
+    )
+    return (
+        f"wrote {report['output']} (onnx int8, {recipe['weight_bits']}-bit weights, {report['bytes'] / 1e6:.1f} MB, "
+        f"input {report['input_shape']}); "
+        f"calibrated ({recipe['calibration_method']}) on {recipe['calibration_source']}; top-1 agreement with fp32 "
+        f"on {report['heldout']}: {report['agreement']:.2%} (needs {report['threshold']:.0%}){accuracy}"
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from . import data, distributed, prepared
 from .card import ModelCard
 from .checkpoint import load_training_state, model_state, read_checkpoint, read_metadata
 from .columns import to_columns, to_grouped
+from .datasets import resolve_dataset
 from .device import resolve_precision, sgd_kwargs, tune_cpu_allocator
 from .distributed import Context, ShardSampler, parse_devices, place_columns
 from .engine import evaluate, recompute_bn_stats, train_one_epoch
@@ -34,12 +36,21 @@ from .models import min_input_size
 from .modes import TRAINING_MODES, compile_in_place, resolve_training_mode
 from .optim import LARS, lars_param_groups
 from .progress import Reporter
-from .recipes import TrainConfig, config_from_dict, config_to_dict
+from .recipes import TrainConfig, config_from_dict, config_to_dict, resolve_config
 from .registry import create_model, get_spec
 from .rundir import RunWriter, last_checkpoint
 from .schedule import EpochScore, make_schedule
 
-__all__ = ["fit", "load_data", "build_model", "build_optimizer", "continue_config", "TrainData", "RunResult"]
+__all__ = [
+    "fit",
+    "load_data",
+    "build_model",
+    "build_optimizer",
+    "continue_config",
+    "resolve_run",
+    "TrainData",
+    "RunResult",
+]
 
 RunResult = dict[str, Any]
 
@@ -404,3 +415,32 @@ def continue_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConf
                     "run (or use --schedule step or plateau for runs you want to change)"
                 )
     return cfg
+
+
+def resolve_run(
+    data: str | None = None,
+    *,
+    dataset: str | None = None,
+    recipe: str | None = None,
+    config: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+) -> tuple[str | Path | None, TrainConfig, Path]:
+    """What ``alexnet train`` runs: its data (a folder, or a bundled ``dataset``; None to resume on the
+    run's own), its config (``recipe`` -> ``config`` file -> ``overrides``; a resumed run's saved one plus
+    ``overrides``) and its run folder (``output``, else ``runs/<model>-<time>``; ``resume``'s own)."""
+    overrides = overrides or {}
+    if data and dataset:
+        raise FlagError("give DATA or --dataset, not both")
+    source = resolve_dataset(dataset) if dataset else data
+    if resume:
+        if output and Path(output) != Path(resume):
+            raise FlagError("--resume continues in its own run folder; leave out --output")
+        if recipe or config:
+            raise FlagError("a resumed run keeps its recipe; change single fields with flags (e.g. --epochs)")
+        return source, continue_config(resume, overrides), Path(resume)
+    if source is None:
+        raise FlagError("give a data folder (DATA), --dataset digits, or --resume RUN_DIR")
+    cfg = resolve_config(recipe or "paper2012", config, overrides)
+    return source, cfg, Path(output or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from . import data, prepared
 from .datasets import resolve_dataset
-from .errors import UserError
+from .errors import FlagError, UserError
 from .features import Metric, find_neighbors, neighbor_folders, torch_model
 from .files import atomic_write_bytes
 from .inference import Classifier, eval_folder
@@ -39,6 +39,8 @@ from .models import named_layers
 __all__ = [
     "Figure",
     "WHATS",
+    "parse_request",
+    "make_figure",
     "filters_figure",
     "predictions_figure",
     "neighbors_figure",
@@ -56,6 +58,60 @@ __all__ = [
 WHATS = ("filters", "predictions", "neighbors", "curves", "confusion", "activations")
 DPI = 100
 TRUE_COLOUR, OTHER_COLOUR = "#d62728", "#7f9fbf"  # red marks the true class, as in the paper's figure 4
+
+
+_NEEDS_DATA = {"predictions": "DATA", "neighbors": "DATA", "confusion": "DATA", "activations": "IMAGE"}
+
+
+def parse_request(parts: Sequence[str]) -> tuple[str | None, str, str | None]:
+    """``alexnet visualize``'s ``[CHECKPOINT] WHAT [DATA]`` -> (checkpoint or None, what, data or None), each
+    figure given the data it needs and no other."""
+    parts = list(parts)
+    source = None if parts[0] in WHATS else parts.pop(0)
+    if not parts or parts[0] not in WHATS:
+        raise FlagError(f"say what to draw after the checkpoint: one of {', '.join(WHATS)}")
+    what, rest = parts[0], parts[1:]
+    if len(rest) > 1:
+        raise FlagError(f"visualize {what} takes at most one DATA argument, got {len(rest)}: {' '.join(rest)}")
+    target = rest[0] if rest else None
+    if what in _NEEDS_DATA and target is None:
+        raise FlagError(f"visualize {what} needs {_NEEDS_DATA[what]} after it (e.g. ... {what} path/to/data)")
+    if what in ("filters",) and target is not None:
+        raise FlagError(f"visualize {what} takes no DATA (got {target})")
+    return source, what, target
+
+
+def make_figure(
+    what: str,
+    clf: Classifier,
+    target: str | os.PathLike | None,
+    path: str | os.PathLike,
+    *,
+    count: int | None = None,
+    k: int = 6,
+    metric: Metric = "euclidean",
+    limit: int = 25,
+    seed: int = 0,
+    batch_size: int = 64,
+    workers: int = 2,
+    precision: str = "auto",
+) -> Figure:
+    """The figure named ``what`` (any of :data:`WHATS` but ``curves``, which needs no classifier) of ``clf`` on
+    ``target``; ``count`` images: 8 predictions, 5 neighbours' queries by default."""
+    if what == "filters":
+        return filters_figure(clf, path)
+    if what == "predictions":
+        return predictions_figure(clf, target, path, count=count or 8, seed=seed, precision=precision)
+    if what == "neighbors":
+        return neighbors_figure(
+            clf, target, path, count=count or 5, k=k, metric=metric, seed=seed, batch_size=batch_size,
+            workers=workers, precision=precision,
+        )  # fmt: skip
+    if what == "confusion":
+        return confusion_figure(clf, target, path, limit=limit, workers=workers, precision=precision)
+    if what == "activations":
+        return activations_figure(clf, target, path)
+    raise ValueError(f"no figure named {what!r} takes a classifier")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import statistics
 import time
 from typing import Any
 
-__all__ = ["load_test", "compare_batching", "percentile"]
+__all__ = ["load_test", "compare_batching", "describe_comparison", "percentile"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -140,6 +140,17 @@ def compare_batching(
         "speedup": batched / base if base else float("nan"),
         "runs": runs,
     }
+
+
+def describe_comparison(result: dict[str, Any], model: str) -> list[str]:
+    """:func:`compare_batching`'s result as lines: requests/s and latency of each set-up, and the speed-up."""
+    lines = [f"{model} ({result['mode']}), {result['requests']} requests x {result['rounds']} rounds, "
+             f"{result['concurrency']} at a time, loopback; median of the rounds:"]  # fmt: skip
+    for name, r in result["results"].items():
+        lines.append(f"  {name:<34} {r['requests_per_s']:7.1f} req/s   p50 {r['p50_ms']:7.1f} ms   "
+                     f"p99 {r['p99_ms']:7.1f} ms   errors {r['errors']}")  # fmt: skip
+    lines.append(f"  batching: {result['speedup']:.2f}x the requests/s")
+    return lines
 
 
 def sample_jpeg(width: int = 500, height: int = 375, seed: int = 0) -> bytes:
