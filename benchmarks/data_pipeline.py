@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alexnet import data, prepared
-from alexnet.bench_report import write_block
-from alexnet.card import IMAGENET_MEAN, IMAGENET_STD
-from alexnet.prepare import DEFAULT_ENCODING, PrepareOptions, prepare_dataset
+from alexnet.bench.report import write_block
+from alexnet.data import loaders, prepared
+from alexnet.data.prepare import DEFAULT_ENCODING, PrepareOptions, prepare_dataset
+from alexnet.models.card import IMAGENET_MEAN, IMAGENET_STD
 
 BATCH = 64
 CROP = 224
@@ -62,7 +62,7 @@ MARKERS = ("<!-- data-bench:start -->", "<!-- data-bench:end -->")
 def make_jpegs(root: Path, n: int, seed: int = 0) -> Path:
     """``n`` JPEGs in ``root/<photo>/``: random crops (half to all of the shorter side) of the bundled
     photographs, 500x375 (one in five 375x500), bicubic, plus Gaussian noise of sigma 3, quality 90."""
-    from alexnet.datasets import PHOTO_SOURCES
+    from alexnet.data.datasets import PHOTO_SOURCES
 
     rng = np.random.default_rng(seed)
     photos = {}
@@ -107,13 +107,13 @@ def _torchvision(src: Path, paper: bool) -> Callable[[], int]:
 
 
 def _ours(ds: torch.utils.data.Dataset) -> Callable[[], int]:
-    loader = data.make_loader(ds, BATCH, shuffle=True, workers=0, pin_memory=False)
+    loader = loaders.make_loader(ds, BATCH, shuffle=True, workers=0, pin_memory=False)
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
 
     def epoch() -> int:
         n = 0
         for batch in loader:
-            x = data.batch_augment(batch.images, crop=CROP, flip=True, pca=None, mean=mean, std=std)
+            x = loaders.batch_augment(batch.images, crop=CROP, flip=True, pca=None, mean=mean, std=std)
             n += x.shape[0]
         return n
 
@@ -142,7 +142,7 @@ def measure(src: Path, work: Path, rounds: int, log: Callable[[str], None]) -> d
         "(b) torchvision Resize(256) + RandomCrop(224)": (_torchvision(src, paper=True), source_bytes),
     }
     start = time.perf_counter()
-    folder = data.ImageFolderDataset(src, data.decode_transform(RESIZE))
+    folder = loaders.ImageFolderDataset(src, loaders.decode_transform(RESIZE))
     scan = (time.perf_counter() - start) / len(folder)
     pipelines["(f) alexnet image folder"] = (_ours(folder), source_bytes)
     prepare_rates = {}
@@ -198,10 +198,10 @@ def measure(src: Path, work: Path, rounds: int, log: Callable[[str], None]) -> d
 def end_to_end(src: Path, dst: Path, work: Path, rounds: int, log: Callable[[str], None]) -> dict[str, Any]:
     """``alexnet train`` images/s (the second epoch's) from the JPEG folder and the prepared dataset, and the
     time each takes to open its data (the folder's scan verifies every file)."""
-    from alexnet.checkpoint import read_metadata
-    from alexnet.distributed import Context
-    from alexnet.recipes import resolve_config
-    from alexnet.train import fit, load_data
+    from alexnet.models.checkpoint import read_metadata
+    from alexnet.training.distributed import Context
+    from alexnet.training.recipes import resolve_config
+    from alexnet.training.train import fit, load_data
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     # auto: the training mode measured fastest here (never bf16 where the CPU would only emulate it); the
@@ -240,7 +240,7 @@ def end_to_end(src: Path, dst: Path, work: Path, rounds: int, log: Callable[[str
 # --------------------------------------------------------------------------------------------
 def machine() -> str:
     """The machine, and how busy it was: the numbers are ratios within a run for a reason."""
-    from alexnet.machine import describe_machine, machine_info
+    from alexnet.runtime.machine import describe_machine, machine_info
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{describe_machine(machine_info('cpu'))}, load average {load:.1f} at the start"

@@ -35,24 +35,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet import data
-from alexnet.datasets import resolve_dataset
-from alexnet.device import autocast_context as autocast
-from alexnet.device import tune_cpu_allocator
-from alexnet.models import named_layers
-from alexnet.registry import create_model, get_spec
+from alexnet.data import loaders
+from alexnet.data.datasets import resolve_dataset
+from alexnet.models.alexnet import named_layers
+from alexnet.models.registry import create_model, get_spec
+from alexnet.runtime.device import autocast_context as autocast
+from alexnet.runtime.device import tune_cpu_allocator
 
 COLUMNS = ("in_norm", "act_mean", "act_std", "spread", "dead", "grad", "upd")
 
 
-def load_training_images(root: Path, resize: int) -> tuple[torch.Tensor, torch.Tensor, data.PCA, int]:
+def load_training_images(root: Path, resize: int) -> tuple[torch.Tensor, torch.Tensor, loaders.PCA, int]:
     """The whole training split as one uint8 (N, 3, resize, resize) tensor, its targets, its PCA, the class count."""
-    train_ds, _, classes = data.make_datasets(root, train_transform=data.decode_transform(resize))
+    train_ds, _, classes = loaders.make_datasets(root, train_transform=loaders.decode_transform(resize))
     items = [train_ds[i] for i in range(len(train_ds))]
     items = [it for it in items if it is not None]
     images = torch.stack([torch.as_tensor(x).as_subclass(torch.Tensor) for x, _ in items])
     targets = torch.tensor([t for _, t in items])
-    return images, targets, data.compute_pca(train_ds), len(classes)
+    return images, targets, loaders.compute_pca(train_ds), len(classes)
 
 
 def batch_plan(n: int, batch_size: int, steps: int, seed: int) -> list[torch.Tensor]:
@@ -118,7 +118,7 @@ def run(
     precision: str,
     images: torch.Tensor,
     targets: torch.Tensor,
-    pca: data.PCA,
+    pca: loaders.PCA,
     num_classes: int,
     args: argparse.Namespace,
 ) -> list[dict]:
@@ -137,7 +137,7 @@ def run(
         lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps > 0 else args.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = data.batch_augment(
+        x = loaders.batch_augment(
             images[idx], crop=spec.card.input_size, pca=pca, pca_std=0.1, mean=mean, std=std, generator=aug_gen
         ).contiguous(memory_format=torch.channels_last)
         with autocast(torch.device("cpu"), precision):

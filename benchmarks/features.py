@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from alexnet.features import FeatureExtractor
-from alexnet.inference import load_classifier
-from alexnet.visualize import labelled_samples
+from alexnet.insight.features import FeatureExtractor
+from alexnet.insight.visualize import labelled_samples
+from alexnet.runtime.inference import load_classifier
 
 
 def rate(fn, x: torch.Tensor, batch: int) -> float:

@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from alexnet.bench_report import write_block
-from alexnet.imagenet import imagenet_words
+from alexnet.bench.report import write_block
+from alexnet.data.imagenet import imagenet_words
 
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
 MARKERS = ("<!-- imagenet-bench:start -->", "<!-- imagenet-bench:end -->")
@@ -62,7 +62,7 @@ MTIME = 1_330_000_000
 # --------------------------------------------------------------------------------------------
 def make_pool(n: int = POOL, seed: int = 0) -> list[bytes]:
     """``n`` JPEG files: ImageNet's shapes, quality 95 plus noise; the last few CMYK, grayscale and a PNG."""
-    from alexnet.datasets import PHOTO_SOURCES
+    from alexnet.data.datasets import PHOTO_SOURCES
 
     rng = np.random.default_rng(seed)
     photos = []
@@ -204,7 +204,7 @@ _OPEN = (
     _MB
     + """
 import json, sys
-from alexnet import prepared
+from alexnet.data import prepared
 before = mb()
 train, val, classes = prepared.make_datasets(sys.argv[1], resize=256)
 print(json.dumps({"images": len(train) + len(val), "above_imports_mb": mb() - before}))
@@ -217,8 +217,8 @@ _PLAN = (
 import json, sys, time
 from pathlib import Path
 import scipy.io, tarfile, csv  # what the plan imports, before the baseline
-from alexnet.sources import plan_source
-from alexnet.prepare import PrepareOptions, plan_shards
+from alexnet.data.sources import plan_source
+from alexnet.data.prepare import PrepareOptions, plan_shards
 src, before, begin = Path(sys.argv[1]), mb(), time.perf_counter()
 if sys.argv[2] == "archives":
     plan = plan_source(src, Path("unused"), PrepareOptions(), workers=int(sys.argv[3]))
@@ -232,7 +232,7 @@ _FIRST_STEP = (
     _MB
     + """
 import json, os, sys, time
-import alexnet.train as T
+import alexnet.training.train as T
 one_epoch, load_data, timing = T.train_one_epoch, T.load_data, {}
 def timed_load_data(*args, **kw):  # opening the data, PCA included
     begin = time.perf_counter()
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", help="rewrite the block between the imagenet-bench markers of this file")
     p.add_argument("--from-json", metavar="FILE", help="report a kept result again, without measuring")
     args = p.parse_args(argv)
-    from alexnet.machine import describe_machine, machine_info
+    from alexnet.runtime.machine import describe_machine, machine_info
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from alexnet.device import tune_cpu_allocator
-from alexnet.export import ort_session
-from alexnet.machine import describe_machine, machine_info, measure_peaks, time_call
-from alexnet.modes import prepare_inference
-from alexnet.registry import create_model, get_spec
+from alexnet.models.registry import create_model, get_spec
+from alexnet.runtime.device import tune_cpu_allocator
+from alexnet.runtime.export import ort_session
+from alexnet.runtime.machine import describe_machine, machine_info, measure_peaks, time_call
+from alexnet.runtime.modes import prepare_inference
 
 Fn = Callable[[torch.Tensor], object]
 
@@ -52,7 +52,7 @@ def _ort_qoperator(batch: int, net: torch.nn.Module, x: torch.Tensor) -> Fn:
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from alexnet.export import _onnx_proto
+    from alexnet.runtime.export import _onnx_proto
 
     class Reader:
         def __init__(self) -> None:

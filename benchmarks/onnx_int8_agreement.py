@@ -2,7 +2,7 @@
 
     python benchmarks/onnx_int8_agreement.py CHECKPOINT [--data photos] [--json]
 
-For a trained checkpoint, quantises the model with ONNX Runtime (:func:`alexnet.quantize.quantize_onnx`,
+For a trained checkpoint, quantises the model with ONNX Runtime (:func:`alexnet.runtime.quantize.quantize_onnx`,
 calibrated on 256 training images as ``alexnet export --int8`` is) and measures top-1 agreement with fp32
 on the held-out images the export checks (the data's val split), for:
 
@@ -25,11 +25,11 @@ import time
 
 import torch
 
-from alexnet.checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
-from alexnet.export import OnnxModel
-from alexnet.machine import describe_machine, machine_info
-from alexnet.models import named_layers
-from alexnet.quantize import heldout_set, load_calibration, quantize_onnx, top1_agreement
+from alexnet.models.alexnet import named_layers
+from alexnet.models.checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
+from alexnet.runtime.export import OnnxModel
+from alexnet.runtime.machine import describe_machine, machine_info
+from alexnet.runtime.quantize import heldout_set, load_calibration, quantize_onnx, top1_agreement
 
 
 def _agreement(model, blob: bytes, images: torch.Tensor, reference: torch.Tensor) -> float:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from alexnet.bench import run_benchmark
-from alexnet.bench_report import format_table, update_readme
+from alexnet.bench.benchmark import run_benchmark
+from alexnet.bench.report import format_table, update_readme
 
 
 def main(argv: list[str] | None = None) -> int:

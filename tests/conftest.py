@@ -22,6 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # depends on what an earlier run measured, and the processes it starts (torchrun) share the file.
 os.environ["ALEXNET_MODE_CACHE"] = str(Path(tempfile.mkdtemp(prefix="alexnet-modes-")) / "modes.json")
 
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``cuda`` run where there is a CUDA device and are skipped, saying so, elsewhere."""
     if torch.cuda.is_available():
@@ -107,7 +108,7 @@ def colour_classifier(colour_data: Path):
     """(alexnet_small separating the colour classes, its card): random features with fc8 fitted to the
     training images by least squares, a classifier in one solve, with decisive margins."""
     from alexnet import create_model
-    from alexnet.registry import get_spec
+    from alexnet.models.registry import get_spec
 
     card = get_spec("alexnet_small").card.trained("alexnet_small", sorted(COLOURS))
     files = [(p, t) for t, name in enumerate(card.classes) for p in sorted((colour_data / "train" / name).iterdir())]

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 from scipy.io import savemat
 
-from alexnet import prepared
-from alexnet.prepare import PrepareOptions
+from alexnet.data import prepared
+from alexnet.data.prepare import PrepareOptions
 
 SRC_ROOT = Path(__file__).resolve().parents[1] / "src"
 OPTIONS = PrepareOptions(size=16, shard_images=4)

@@ -1,5 +1,5 @@
 """Per-image torchvision v2 pipelines of the paper's augmentation: the independent reference that the
-batch ops (alexnet.transforms.batch_augment, the evaluation's crops) are checked against."""
+batch ops (alexnet.data.transforms.batch_augment, the evaluation's crops) are checked against."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from alexnet.card import ModelCard
-from alexnet.transforms import PCA, _as_pca, _downsample
+from alexnet.data.transforms import PCA, _as_pca, _downsample
+from alexnet.models.card import ModelCard
 
 
 def _is_plain_tensor(x: Any) -> bool:

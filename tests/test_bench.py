@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from alexnet.baseline import BaselineProcess
-from alexnet.bench import BASELINE, interleave, run_benchmark
-from alexnet.bench_report import END, START, markdown_report, update_readme
+from alexnet.bench.baseline import BaselineProcess
+from alexnet.bench.benchmark import BASELINE, interleave, run_benchmark
+from alexnet.bench.report import END, START, markdown_report, update_readme
 from alexnet.cli import main
 
 ROW_FIELDS = {
@@ -140,10 +140,10 @@ def test_unknown_modes_are_rejected():
 
 
 def test_cli_prints_json(capsys, monkeypatch):
-    import alexnet.bench
+    from alexnet.bench import benchmark
 
-    measure = alexnet.bench.measure_peaks  # the 2048^2 peaks are what the fixture's run checks: small ones here
-    monkeypatch.setattr(alexnet.bench, "measure_peaks", lambda device, size: measure(device, 64))
+    measure = benchmark.measure_peaks  # the 2048^2 peaks are what the fixture's run checks: small ones here
+    monkeypatch.setattr(benchmark, "measure_peaks", lambda device, size: measure(device, 64))
     argv = ["benchmark", "--model", "alexnet_small", "--batch-sizes", "2", "--modes", "eager-fp32"]
     assert main([*argv, "--rounds", "1", "--repeats", "1", "--no-allocator-tuning", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

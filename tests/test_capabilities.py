@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-import alexnet.device as device
+import alexnet.runtime.device as device
 from alexnet.cli import main
-from alexnet.device import CpuCapabilities, native_bf16
 from alexnet.errors import ModeUnavailable
-from alexnet.modes import INFERENCE_MODES, prepare_inference, resolve_inference_mode
+from alexnet.runtime.device import CpuCapabilities, native_bf16
+from alexnet.runtime.modes import INFERENCE_MODES, prepare_inference, resolve_inference_mode
 
 AVX2 = CpuCapabilities(avx2=True, avx512=False, bf16=False, int8=False, amx=False)
 SKYLAKE = CpuCapabilities(avx2=True, avx512=True, bf16=False, int8=False, amx=False)
@@ -40,9 +40,9 @@ def _refusing(original, name: str):
 
 @contextlib.contextmanager
 def _avx2(monkeypatch) -> Iterator[None]:
-    import alexnet.onednn as onednn
+    import alexnet.runtime.onednn as onednn
 
-    monkeypatch.setattr("alexnet.device.cpu_capabilities", lambda: AVX2)
+    monkeypatch.setattr("alexnet.runtime.device.cpu_capabilities", lambda: AVX2)
     # oneDNN's packing as our engine calls it (patching torch.ops itself would upset torch.export's tables)
     monkeypatch.setattr(onednn, "_reorder_conv_weight",
                         _refusing(onednn._reorder_conv_weight, "mkldnn_reorder_conv2d_weight"))  # fmt: skip
@@ -53,7 +53,7 @@ def _avx2(monkeypatch) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _skylake(monkeypatch) -> Iterator[None]:
-    monkeypatch.setattr("alexnet.device.cpu_capabilities", lambda: SKYLAKE)
+    monkeypatch.setattr("alexnet.runtime.device.cpu_capabilities", lambda: SKYLAKE)
     yield
 
 
@@ -70,7 +70,7 @@ def _no_compiler_until_the_first_call(monkeypatch) -> Iterator[None]:
     """The compiler is found missing only when inductor builds the first kernel: our early check is gone."""
     import torch._inductor.config as inductor
 
-    monkeypatch.setattr("alexnet.modes._require_compiler", lambda device: None)
+    monkeypatch.setattr("alexnet.runtime.modes._require_compiler", lambda device: None)
     # no kernel built earlier in this process is reused
     with inductor.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}):
         yield
@@ -94,7 +94,7 @@ def machine(request, monkeypatch, caches):
 
 @pytest.fixture(scope="module")
 def checkpoint(colour_data, colour_classifier, tmp_path_factory):
-    from alexnet.checkpoint import save_checkpoint
+    from alexnet.models.checkpoint import save_checkpoint
 
     model, card = colour_classifier
     path = tmp_path_factory.mktemp("capabilities") / "best.safetensors"
@@ -113,7 +113,7 @@ def _ok(argv: list[str], capsys) -> tuple[str, str]:
 def test_the_simulated_machines_are_what_they_claim(monkeypatch):
     with _avx2(monkeypatch):
         assert not native_bf16("cpu") and device.cpu_capabilities().machine_class == "AVX2"
-        import alexnet.onednn as onednn
+        import alexnet.runtime.onednn as onednn
 
         with pytest.raises(RuntimeError, match="bf16 path needs the cpu support"):
             onednn._reorder_conv_weight(torch.zeros(8, 3, 3, 3, dtype=torch.bfloat16), [1, 1], [1, 1], [1, 1], 1,
@@ -194,8 +194,8 @@ def test_compiled_int8_without_a_compiler_falls_back_to_onnx_runtime(checkpoint,
     """A cache in which the compiled int8 mode was measured fastest (on this machine, before its compiler went):
     it is tried first, cannot run, and ONNX Runtime's int8 runs instead, with the reason."""
     pytest.importorskip("onnxruntime")
-    from alexnet.autotune import Timing, TimingCache, machine_key, shape_key
-    from alexnet.inference import load_classifier
+    from alexnet.runtime.autotune import Timing, TimingCache, machine_key, shape_key
+    from alexnet.runtime.inference import load_classifier
 
     cache = tmp_path / "modes.json"
     monkeypatch.setenv("ALEXNET_MODE_CACHE", str(cache))
@@ -210,10 +210,10 @@ def test_compiled_int8_without_a_compiler_falls_back_to_onnx_runtime(checkpoint,
 
 @pytest.mark.parametrize("machine", ["avx2", "no-compiler"], indirect=True)
 def test_the_benchmark_lists_what_cannot_run_and_finishes(machine, capsys, monkeypatch):
-    import alexnet.bench
+    import alexnet.bench.benchmark
 
-    measure = alexnet.bench.measure_peaks
-    monkeypatch.setattr(alexnet.bench, "measure_peaks", lambda device, size: measure(device, 64))
+    measure = alexnet.bench.benchmark.measure_peaks
+    monkeypatch.setattr(alexnet.bench.benchmark, "measure_peaks", lambda device, size: measure(device, 64))
     compiled = machine == "no-compiler"  # elsewhere compiling works, and takes long: not timed here
     modes = "eager-fp32,onednn-bf16" + (",compile-fp32" if compiled else "")
     train_modes = "channels-last-fp32" + (",compile-fp32" if compiled else "")
@@ -239,7 +239,7 @@ def test_visualize_neighbors_and_serve_start(machine, checkpoint, colour_data, c
     assert (tmp_path / "neighbors.png").exists() and "mode " in err
     from fastapi.testclient import TestClient
 
-    from alexnet.inference import load_classifier
+    from alexnet.runtime.inference import load_classifier
     from alexnet.serve import create_app
     from alexnet.serve.app import make_fast
 
@@ -264,8 +264,8 @@ def test_training_falls_back_to_eager_when_the_compiler_fails_at_the_first_step(
                                                                                   tmp_path):  # fmt: skip
     """A timing cache that says compiling pays off here: the run compiles, the compiler is missing, and the
     run trains eagerly, saying so."""
-    from alexnet.autotune import Timing, TimingCache, machine_key, shape_key
-    from alexnet.registry import create_model
+    from alexnet.models.registry import create_model
+    from alexnet.runtime.autotune import Timing, TimingCache, machine_key, shape_key
 
     cache = tmp_path / "modes.json"
     monkeypatch.setenv("ALEXNET_MODE_CACHE", str(cache))

@@ -113,7 +113,7 @@ def test_predict_with_torchvision_format_weights_prints_imagenet_names(tmp_path,
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8)).save(image)
     assert main(["predict", "--model", "alexnet", "--weights", str(weights), str(image), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["predictions"][0]["top"]
-    from alexnet.imagenet import imagenet_words
+    from alexnet.data.imagenet import imagenet_words
 
     wnids = sorted(imagenet_words())  # class i is the i-th wnid, named by the devkit's words
     assert len(out) == 5 and all(t["class"] == wnids[t["index"]] for t in out)
@@ -304,7 +304,7 @@ def test_a_diverging_run_stops_with_exit_1_and_a_message(tmp_path, capsys):
 
 
 def test_predicting_in_chunks_gives_the_same_answers(trained, tmp_path):
-    from alexnet.inference import image_paths, load_classifier, predict_files
+    from alexnet.runtime.inference import image_paths, load_classifier, predict_files
 
     data, run = trained
     (tmp_path / "bad.png").write_bytes(b"not an image")
@@ -377,7 +377,7 @@ def test_a_checkpoint_claiming_a_trillion_classes_is_refused(trained, tmp_path, 
 
     _, run = trained
     path = run / "checkpoints" / "best.safetensors"
-    from alexnet.checkpoint import read_metadata
+    from alexnet.models.checkpoint import read_metadata
 
     meta = read_metadata(path)
     meta["num_classes"] = 10**12
@@ -427,7 +427,7 @@ def test_strict_with_loader_workers_fails_in_one_line(tmp_path, capsys):
 @pytest.fixture
 def colour_checkpoint(colour_data, colour_classifier, tmp_path) -> Path:
     """The colour classifier as a checkpoint that names its training data, as `alexnet train` writes it."""
-    from alexnet.checkpoint import save_checkpoint
+    from alexnet.models.checkpoint import save_checkpoint
 
     model, card = colour_classifier
     save_checkpoint(tmp_path / "best.safetensors", model, card.to_json() | {"data": str(colour_data)})
@@ -483,7 +483,7 @@ def test_int8_export_flags_are_checked_first(colour_checkpoint, tmp_path, extra,
 
 
 def test_int8_export_without_calibration_images_says_how_to_give_them(colour_classifier, tmp_path, capsys):
-    from alexnet.checkpoint import save_checkpoint
+    from alexnet.models.checkpoint import save_checkpoint
 
     model, card = colour_classifier
     save_checkpoint(tmp_path / "best.safetensors", model, card.to_json() | {"data": str(tmp_path / "gone")})

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from alexnet import AlexNetColumns, create_model, to_columns, to_grouped
-from alexnet.models import SPECS, LocalResponseNorm, build
+from alexnet.models.alexnet import SPECS, LocalResponseNorm, build
 
 CONV_NAMES = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 FC_NAMES = ["fc6", "fc7"]

@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.card import ModelCard
-from alexnet.data import (
+from alexnet.data.loaders import (
     Batch,
     DataWarning,
     ImageFolderDataset,
@@ -24,8 +23,9 @@ from alexnet.data import (
     make_loader,
     stratified_split,
 )
+from alexnet.data.transforms import decode_transform
 from alexnet.errors import UserError
-from alexnet.transforms import decode_transform
+from alexnet.models.card import ModelCard
 from reference_transforms import eval_transform
 
 RNG = np.random.default_rng(0)
@@ -405,7 +405,7 @@ def test_strict_with_workers_raises_the_one_line_error_in_the_main_process(tmp_p
     _folder(tmp_path, {"a": 3, "b": 3})
     _truncated_jpeg(tmp_path / "a" / "broken.jpg")
     ds = ImageFolderDataset(tmp_path, decode_transform(8), strict=True)  # the header passes the scan
-    from alexnet.engine import Meter, _batches
+    from alexnet.runtime.engine import Meter, _batches
 
     loader = make_loader(ds, 4, shuffle=False, workers=2, seed=0, pin_memory=False)
     with pytest.raises(UserError) as info:
@@ -451,27 +451,31 @@ def test_postscript_under_an_image_name_is_skipped_and_never_handed_to_ghostscri
 
 
 def test_the_formats_decoded_are_one_list_of_raster_formats_and_the_extensions_follow_it():
-    from alexnet import data
+    from alexnet.data import loaders
 
-    assert {"JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP", "TGA"} <= set(data.RASTER_FORMATS)
-    assert not {"EPS", "WMF", "MPEG", "PDF", "BUFR", "GRIB", "HDF5", "FITS"} & set(data.RASTER_FORMATS)
-    assert ".eps" not in data.IMG_EXTENSIONS and ".ps" not in data.IMG_EXTENSIONS and ".jpg" in data.IMG_EXTENSIONS
+    assert {"JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP", "TGA"} <= set(loaders.RASTER_FORMATS)
+    assert not {"EPS", "WMF", "MPEG", "PDF", "BUFR", "GRIB", "HDF5", "FITS"} & set(loaders.RASTER_FORMATS)
+    assert (
+        ".eps" not in loaders.IMG_EXTENSIONS
+        and ".ps" not in loaders.IMG_EXTENSIONS
+        and ".jpg" in loaders.IMG_EXTENSIONS
+    )
 
 
 def test_an_image_of_extreme_aspect_is_refused_from_its_header_and_skipped(tmp_path):
     """1x600,000 pixels is 1.8 kB of PNG and passes any pixel limit, but its shorter side resized to 256 makes
     the longer 153.6 million pixels: refused before decoding, and skipped by the folder loader."""
-    from alexnet import data
+    from alexnet.data import loaders
 
     _folder(tmp_path, {"a": 2, "b": 2})
     thin = tmp_path / "a" / "thin.png"
     Image.new("L", (600_000, 1)).save(thin)
     assert thin.stat().st_size < 4000
-    with pytest.raises(data.ImageShapeError, match="600000x1 .*over the limit"):
+    with pytest.raises(loaders.ImageShapeError, match="600000x1 .*over the limit"):
         load_rgb(thin)
     wide = tmp_path / "b" / "panorama.png"  # a wide panorama is still an image
-    Image.new("RGB", (data.MAX_ASPECT * 3, 3)).save(wide)
-    assert load_rgb(wide).size == (data.MAX_ASPECT * 3, 3)
+    Image.new("RGB", (loaders.MAX_ASPECT * 3, 3)).save(wide)
+    assert load_rgb(wide).size == (loaders.MAX_ASPECT * 3, 3)
     with pytest.warns(DataWarning, match="thin.png"):
         ds = ImageFolderDataset(tmp_path, decode_transform(8))
     assert [p for p, _ in ds.skipped] == [thin] and wide in {p for p, _ in ds.samples}

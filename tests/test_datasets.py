@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.data import make_datasets
-from alexnet.datasets import PHOTO_SOURCES, PHOTO_SPLITS, _patches, prepare_digits, prepare_photos, resolve_dataset
-from alexnet.transforms import decode_transform
+from alexnet.data.datasets import PHOTO_SOURCES, PHOTO_SPLITS, _patches, prepare_digits, prepare_photos, resolve_dataset
+from alexnet.data.loaders import make_datasets
+from alexnet.data.transforms import decode_transform
 
 
 # --------------------------------------------------------------------------------------------

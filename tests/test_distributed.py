@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from alexnet import create_model, to_columns
-from alexnet.checkpoint import read_checkpoint
-from alexnet.distributed import Context, ShardSampler, place_columns
 from alexnet.errors import UserError
-from alexnet.optim import LARS, lars_param_groups
-from alexnet.recipes import RECIPES
-from alexnet.train import fit
+from alexnet.models.checkpoint import read_checkpoint
+from alexnet.training.distributed import Context, ShardSampler, place_columns
+from alexnet.training.optim import LARS, lars_param_groups
+from alexnet.training.recipes import RECIPES
+from alexnet.training.train import fit
 
 # Deterministic given the weights: no random crops (input = resize), flips, lighting or dropout.
 EXACT = ["--recipe", "small", "--workers", "0", "--device", "cpu", "--precision", "fp32", "--schedule", "constant",
@@ -135,7 +135,7 @@ def test_under_torchrun_only_rank_0_prints_an_error(rank, lines, data, tmp_path,
 
 
 def _config(args: list[str]):
-    from alexnet.recipes import resolve_config
+    from alexnet.training.recipes import resolve_config
 
     overrides = {"workers": 0, "device": "cpu", "precision": "fp32", "schedule": "constant", "flip": False,
                  "pca_std": 0.0, "dropout": 0.0, "input_size": 36, "lr": 0.01, "batch_size": 8}  # fmt: skip
@@ -170,7 +170,7 @@ def test_a_run_resumes_on_another_number_of_processes(data, tmp_path):
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(data, tmp_path):
-    from alexnet.train import _fit
+    from alexnet.training.train import _fit
 
     cfg = dataclasses.replace(RECIPES["small"], batch_size=7, workers=0, device="cpu")
     with pytest.raises(UserError, match=r"--batch-size 7 \(the global batch\) does not split evenly over 2 processes"):
@@ -196,7 +196,7 @@ def test_one_epoch_with_the_columns_split_runs_and_saves_the_grouped_form(data, 
         input_size=67, resize_size=72, model_parallel="cpu,cpu", schedule="constant",
     )  # fmt: skip
     fit(data, tmp_path / "run", cfg, quiet=True)
-    from alexnet.checkpoint import load_checkpoint
+    from alexnet.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert meta["model"] == "alexnet2012" and type(model).__name__ == "AlexNet"
@@ -273,7 +273,7 @@ def _wrap_in_a_group_of_one(device: str) -> torch.nn.Module:
 
     import torch.distributed as dist
 
-    from alexnet.distributed import Context
+    from alexnet.training.distributed import Context
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.engine import evaluate, train_one_epoch
+from alexnet.runtime.engine import evaluate, train_one_epoch
 
 CPU = torch.device("cpu")
 

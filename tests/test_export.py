@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alexnet import ModelCard, create_model
-from alexnet.export import EXTRA_FILE, FORMATS, ExportVerificationError, OnnxModel, export_model, is_onnx_file
+from alexnet.runtime.export import EXTRA_FILE, FORMATS, ExportVerificationError, OnnxModel, export_model, is_onnx_file
 
 pytest.importorskip("onnxruntime")
 
@@ -90,8 +90,8 @@ def test_a_card_must_hold_the_whole_data_contract(tmp_path):
 
 
 def test_cli_exports_a_checkpoint(tmp_path, capsys):
-    from alexnet.checkpoint import save_checkpoint
     from alexnet.cli import main
+    from alexnet.models.checkpoint import save_checkpoint
 
     model, meta = _model_and_meta()
     save_checkpoint(tmp_path / "best.safetensors", model, meta.to_json())

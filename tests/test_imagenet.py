@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from alexnet.card import ModelCard
 from alexnet.cli import main
-from alexnet.imagenet import class_words, error_table, imagenet_words, read_devkit
+from alexnet.data.imagenet import class_words, error_table, imagenet_words, read_devkit
+from alexnet.models.card import ModelCard
 from imagenet_miniature import CLASSES, SYNSETS, TRUTH, WORDS, archives, devkit, make_images
 
 

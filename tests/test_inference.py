@@ -12,10 +12,10 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from alexnet import ModelCard, create_model
-from alexnet.checkpoint import save_checkpoint
-from alexnet.inference import evaluate_folder, load_classifier, predict_files
-from alexnet.recipes import resolve_config
-from alexnet.train import fit
+from alexnet.models.checkpoint import save_checkpoint
+from alexnet.runtime.inference import evaluate_folder, load_classifier, predict_files
+from alexnet.training.recipes import resolve_config
+from alexnet.training.train import fit
 
 # Unusual, channel-distinct numbers: swapping mean and std, or reading ImageNet's, changes every pixel.
 CARD = ModelCard(32, 40, mean=(0.30, 0.50, 0.70), std=(0.11, 0.22, 0.33), model="alexnet_small", classes=("a", "b"))
@@ -57,7 +57,7 @@ def test_predicted_probabilities_are_the_softmax_of_the_model_on_the_hand_prepar
 
 
 def test_the_finished_runs_optimizer_carries_the_recipes_settings(tiny_data, tmp_path):
-    from alexnet.checkpoint import read_metadata
+    from alexnet.models.checkpoint import read_metadata
 
     overrides = dict(epochs=1, batch_size=8, workers=0, device="cpu", precision="fp32", schedule="constant",
                      lr=0.03, momentum=0.8, weight_decay=3e-3, nesterov=True)  # fmt: skip
@@ -78,7 +78,7 @@ def test_the_weight_decay_reaches_the_update(tiny_data, tmp_path):
                          lr=0.5, momentum=0.0, nesterov=False, weight_decay=wd, dropout=0.0, pca_std=0.0, flip=False,
                          channels_last=False)  # fmt: skip
         fit(tiny_data, tmp_path / f"wd{wd}", resolve_config("small", overrides=overrides), quiet=True)
-        from alexnet.checkpoint import load_checkpoint
+        from alexnet.models.checkpoint import load_checkpoint
 
         runs[wd] = load_checkpoint(tmp_path / f"wd{wd}" / "checkpoints" / "last.safetensors")[0].state_dict()
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from alexnet import create_model
-from alexnet.models import SPECS, Conv2dSame, LocalResponseNorm, feature_shapes
+from alexnet.models.alexnet import SPECS, Conv2dSame, LocalResponseNorm, feature_shapes
 
 BASE_VARIANTS = ["alexnet2012", "alexnet", "alexnet_bn", "alexnet_small"]
 ALL_VARIANTS = [*BASE_VARIANTS, "alexnet2012_columns"]

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import create_model
-from alexnet.autotune import Timing, TimingCache, machine_key, shape_key
-from alexnet.device import default_precision, native_bf16, sgd_kwargs, tune_cpu_allocator
 from alexnet.errors import ModeUnavailable
-from alexnet.modes import (
+from alexnet.runtime.autotune import Timing, TimingCache, machine_key, shape_key
+from alexnet.runtime.device import default_precision, native_bf16, sgd_kwargs, tune_cpu_allocator
+from alexnet.runtime.modes import (
     INFERENCE_MODES,
     INT8_MODES,
     TRAINING_MODES,
@@ -23,7 +23,7 @@ from alexnet.modes import (
     prepare_training,
     resolve_inference_mode,
 )
-from alexnet.onednn import OneDNNAlexNet
+from alexnet.runtime.onednn import OneDNNAlexNet
 
 SLOW_MODES = {"compile-fp32", "compile-bf16", "compile-int8"}  # seconds of inductor compilation each
 needs_cuda = pytest.mark.cuda  # skipped where there is no CUDA device (conftest)
@@ -155,7 +155,7 @@ def test_explicit_precisions_map_to_modes():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_chooses_among_the_native_precisions_and_int8_on_the_cpu(native, monkeypatch):
-    monkeypatch.setattr("alexnet.device.native_bf16", lambda device="cpu": native)
+    monkeypatch.setattr("alexnet.runtime.device.native_bf16", lambda device="cpu": native)
     auto = inference_candidates("auto", "cpu")
     precisions = {INFERENCE_MODES[m].precision for m in auto}
     assert precisions == ({"bf16", "int8", "fp32"} if native else {"int8", "fp32"})  # emulated bf16 is left out
@@ -177,7 +177,7 @@ def test_auto_uses_int8_when_it_agrees_and_falls_back_with_the_reason_when_it_do
     colour_data, colour_classifier, tmp_path
 ):
     pytest.importorskip("onnxruntime")
-    from alexnet.quantize import load_calibration
+    from alexnet.runtime.quantize import load_calibration
 
     model, card = colour_classifier
     heldout = _hand_prepared_val(colour_data, card)
@@ -259,7 +259,7 @@ def test_fused_sgd_is_the_same_update():
 
 
 def test_allocator_tuning_can_be_turned_off(monkeypatch):
-    import alexnet.device as device
+    import alexnet.runtime.device as device
 
     monkeypatch.setattr(device, "_allocator_tuned", False)
     monkeypatch.setenv("ALEXNET_TUNE_ALLOCATOR", "0")
@@ -306,7 +306,7 @@ def test_every_cuda_training_mode_moves_the_weights_like_cpu_fp32(mode, images, 
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_lrn_on_cuda_matches_the_cpu(dtype):
-    from alexnet.models import LocalResponseNorm
+    from alexnet.models.alexnet import LocalResponseNorm
 
     x = (torch.randn(4, 12, 9, 9, generator=torch.Generator().manual_seed(0)) * 30).to(dtype)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)

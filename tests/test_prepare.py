@@ -16,11 +16,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from alexnet import prepared
 from alexnet.cli import main
+from alexnet.data import prepared
+from alexnet.data.prepare import PrepareOptions, prepare_dataset
+from alexnet.data.prepared import PreparedDataset
 from alexnet.errors import UserError
-from alexnet.prepare import PrepareOptions, prepare_dataset
-from alexnet.prepared import PreparedDataset
 
 RNG = np.random.default_rng(0)
 SRC_ROOT = Path(__file__).resolve().parents[1] / "src"
@@ -380,7 +380,7 @@ def test_a_full_disk_is_one_clear_error_and_leaves_no_half_shard(source, tmp_pat
 
 def test_a_converting_process_that_dies_is_one_clear_error_and_the_next_run_finishes(source, tmp_path, monkeypatch):
     src, _ = source
-    from alexnet import prepare
+    from alexnet.data import prepare
 
     convert = prepare._convert
 

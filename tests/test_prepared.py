@@ -14,18 +14,18 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
-from alexnet import prepared
-from alexnet.checkpoint import read_checkpoint
 from alexnet.cli import main
-from alexnet.data import collate, compute_pca, make_datasets
-from alexnet.distributed import Context, ShardSampler
+from alexnet.data import prepared
+from alexnet.data.loaders import collate, compute_pca, make_datasets
+from alexnet.data.prepare import PrepareOptions, prepare_dataset
+from alexnet.data.prepared import DeviceDecodeLoader, EncodedItems, PreparedDataset, PreparedWarning, collate_encoded
 from alexnet.errors import UserError
-from alexnet.inference import Classifier, evaluate_folder, load_classifier
-from alexnet.prepare import PrepareOptions, prepare_dataset
-from alexnet.prepared import DeviceDecodeLoader, EncodedItems, PreparedDataset, PreparedWarning, collate_encoded
-from alexnet.recipes import resolve_config
-from alexnet.registry import create_model, get_spec
-from alexnet.train import fit, load_data
+from alexnet.models.checkpoint import read_checkpoint
+from alexnet.models.registry import create_model, get_spec
+from alexnet.runtime.inference import Classifier, evaluate_folder, load_classifier
+from alexnet.training.distributed import Context, ShardSampler
+from alexnet.training.recipes import resolve_config
+from alexnet.training.train import fit, load_data
 from conftest import write_images
 
 
@@ -343,7 +343,7 @@ def _reseal(root: Path) -> None:
 
 
 def _batches_of(ds: PreparedDataset, workers: int) -> list:
-    from alexnet.engine import Meter, _batches
+    from alexnet.runtime.engine import Meter, _batches
 
     return list(_batches(prepared.make_loader(ds, 4, workers=workers), Meter(), torch.device("cpu")))
 

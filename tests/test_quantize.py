@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from alexnet.errors import UserError
-from alexnet.export import ExportVerificationError, OnnxModel
-from alexnet.models import named_layers
-from alexnet.quantize import Calibration, export_int8, heldout_set, load_calibration
+from alexnet.models.alexnet import named_layers
+from alexnet.runtime.export import ExportVerificationError, OnnxModel
+from alexnet.runtime.quantize import Calibration, export_int8, heldout_set, load_calibration
 from conftest import prepared
 
 ort = pytest.importorskip("onnxruntime")

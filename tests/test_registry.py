@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from alexnet import AlexNet, AlexNetColumns, UserError, create_model, list_models
-from alexnet.registry import get_spec, load_weights_file
+from alexnet.models.registry import get_spec, load_weights_file
 
 EXPECTED_NAMES = {"alexnet", "alexnet2012", "alexnet_bn", "alexnet_small", "alexnet2012_columns"}
 

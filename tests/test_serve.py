@@ -20,9 +20,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from alexnet import ModelCard, create_model
-from alexnet.checkpoint import save_checkpoint
-from alexnet.inference import load_classifier
-from alexnet.modes import INFERENCE_MODES
+from alexnet.models.checkpoint import save_checkpoint
+from alexnet.runtime.inference import load_classifier
+from alexnet.runtime.modes import INFERENCE_MODES
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -177,7 +177,7 @@ def test_postscript_is_refused_as_not_an_image_and_never_reaches_ghostscript(cli
 def test_an_image_of_extreme_aspect_is_refused_by_serve_and_predict_before_it_is_resized(client, clf, tmp_path):
     """1x20,000 pixels (a few hundred bytes of PNG) is far under the pixel limit; resized to the card's 40 px
     shorter side it would be 40x800,000. serve answers 422 in JSON, predict gives that file an error."""
-    from alexnet.inference import predict_files
+    from alexnet.runtime.inference import predict_files
 
     buf = io.BytesIO()
     Image.new("L", (20_000, 1)).save(buf, format="PNG")
@@ -193,7 +193,7 @@ def test_an_image_of_extreme_aspect_is_refused_by_serve_and_predict_before_it_is
 
 
 def test_a_bug_is_answered_in_json_too(clf):
-    from alexnet.inference import Classifier
+    from alexnet.runtime.inference import Classifier
 
     broken = Classifier(lambda x: 1 / 0, clf.card, "broken")
     with TestClient(create_app(broken), raise_server_exceptions=False) as c:

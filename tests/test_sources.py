@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from alexnet import prepared
 from alexnet.cli import main
+from alexnet.data import prepared
+from alexnet.data.prepare import prepare_dataset
+from alexnet.data.prepared import PreparedDataset
 from alexnet.errors import UserError
-from alexnet.prepare import prepare_dataset
-from alexnet.prepared import PreparedDataset
 from imagenet_miniature import (
     CLASSES,
     OPTIONS,
@@ -191,8 +191,8 @@ def test_a_prepare_killed_half_way_resumes_from_the_archives_to_the_uninterrupte
     dst = tmp_path / "dst"
     script = f"""
 import os
-from alexnet import prepared
-from alexnet.prepare import PrepareOptions, prepare_dataset
+from alexnet.data import prepared
+from alexnet.data.prepare import PrepareOptions, prepare_dataset
 add, seen = prepared.ShardWriter.add, []
 def dying_add(self, *args):
     seen.append(1)

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from alexnet.engine import recompute_bn_stats, train_one_epoch
-from alexnet.health import above_chance, chance_warning
-from alexnet.progress import RunWarning
-from alexnet.recipes import RECIPES, TrainConfig
-from alexnet.registry import get_spec
-from alexnet.schedule import EpochScore, make_schedule
-from alexnet.train import fit
+from alexnet.models.registry import get_spec
+from alexnet.runtime.engine import recompute_bn_stats, train_one_epoch
+from alexnet.training.health import above_chance, chance_warning
+from alexnet.training.progress import RunWarning
+from alexnet.training.recipes import RECIPES, TrainConfig
+from alexnet.training.schedule import EpochScore, make_schedule
+from alexnet.training.train import fit
 
 DEPARTURES = ("init", "warmup_epochs", "clip_grad_norm", "plateau_min_epochs", "plateau_after_learning")
 
@@ -220,7 +220,7 @@ def test_a_run_at_chance_warns_and_keeps_its_lr(tiny_data, tmp_path):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """Six classes of the bundled real photographs (600 training, 180 validation patches)."""
-    from alexnet.datasets import prepare_photos
+    from alexnet.data.datasets import prepare_photos
 
     root = prepare_photos(tmp_path_factory.mktemp("cache"))
     subset = tmp_path_factory.mktemp("photos6")
@@ -278,8 +278,8 @@ def test_recomputed_bn_statistics_are_the_average_of_the_batch_statistics():
 
 
 def test_the_alexnet_bn_recipe_validates_on_statistics_of_the_current_weights(tiny_data, tmp_path):
-    from alexnet.checkpoint import load_checkpoint
-    from alexnet.quantize import sample_images
+    from alexnet.models.checkpoint import load_checkpoint
+    from alexnet.runtime.quantize import sample_images
 
     cfg = dataclasses.replace(
         RECIPES["alexnet_bn"], epochs=1, batch_size=8, input_size=57, resize_size=60, workers=0, device="cpu",

@@ -16,7 +16,7 @@ from torch import nn
 
 from alexnet import UserError, create_model
 from alexnet.cli import main
-from alexnet.summary import model_summary
+from alexnet.models.summary import model_summary
 
 KNOWN_PARAMS = {"alexnet2012": 60_965_224, "alexnet": 61_100_840, "alexnet_bn": 62_379_048}
 

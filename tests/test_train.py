@@ -11,17 +11,17 @@ import torch
 import yaml
 
 from alexnet import ModelCard, create_model
-from alexnet.checkpoint import (
+from alexnet.errors import TrainingDiverged, UserError
+from alexnet.models.checkpoint import (
     load_checkpoint,
     read_checkpoint,
     read_metadata,
     resolve_checkpoint_path,
     save_checkpoint,
 )
-from alexnet.engine import evaluate, topk_correct
-from alexnet.errors import TrainingDiverged, UserError
-from alexnet.recipes import RECIPES, TrainConfig, config_to_dict, resolve_config
-from alexnet.train import fit
+from alexnet.runtime.engine import evaluate, topk_correct
+from alexnet.training.recipes import RECIPES, TrainConfig, config_to_dict, resolve_config
+from alexnet.training.train import fit
 
 
 def _cfg(**changes) -> TrainConfig:
@@ -175,7 +175,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_data, 
     last = run / "checkpoints" / "last.safetensors"
     before, history = last.read_bytes(), (run / "metrics.jsonl").read_text()
 
-    import alexnet.engine as engine
+    import alexnet.runtime.engine as engine
 
     real = engine.F.cross_entropy
     monkeypatch.setattr(engine.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
@@ -270,7 +270,7 @@ def test_an_interrupted_run_resumes_exactly_with_any_schedule(tiny_data, tmp_pat
     cfg = _cfg(epochs=3, schedule=schedule, plateau_patience=0)
     fit(tiny_data, tmp_path / "straight", cfg, quiet=True)
 
-    import alexnet.rundir as rundir
+    import alexnet.training.rundir as rundir
 
     real, epochs_done = rundir.plot_curves, []
 
@@ -311,7 +311,7 @@ def test_a_run_on_cuda_trains_resumes_and_its_checkpoint_loads_on_the_cpu(tiny_d
 
 # ------------------------------------------------------------------------------ found by trying to break it
 def test_resuming_a_one_cycle_run_with_another_batch_size_is_refused_up_front(tiny_data, tmp_path):
-    from alexnet.train import continue_config
+    from alexnet.training.train import continue_config
 
     run = tmp_path / "run"
     fit(tiny_data, run, _cfg(epochs=2, schedule="onecycle"), quiet=True)
@@ -406,7 +406,7 @@ def test_a_corrupt_metrics_file_is_named_on_resume(tiny_data, tmp_path):
 
 
 def test_ctrl_c_says_which_checkpoint_was_kept_and_how_to_resume(tiny_data, tmp_path, capsys, monkeypatch):
-    import alexnet.rundir as rundir
+    import alexnet.training.rundir as rundir
 
     real = rundir.plot_curves
 
@@ -432,8 +432,8 @@ def test_a_run_says_what_it_is_about_to_do(tiny_data, tmp_path, capsys):
 
 
 def test_the_time_estimate_is_told_once_after_the_first_steps(monkeypatch, capsys):
-    import alexnet.progress as progress
-    from alexnet.engine import Meter
+    import alexnet.training.progress as progress
+    from alexnet.runtime.engine import Meter
 
     reporter = progress.Reporter(quiet=True)
     reporter.epochs_left = 90

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from alexnet.card import ModelCard
-from alexnet.transforms import IMAGENET_PCA, batch_augment, decode_transform
+from alexnet.data.transforms import IMAGENET_PCA, batch_augment, decode_transform
+from alexnet.models.card import ModelCard
 from reference_transforms import PCALighting, eval_transform, ten_crop_transform, train_transform
 
 # Unusual numbers so that a pipeline reading ImageNet's constants instead of the config would fail.

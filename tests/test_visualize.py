@@ -15,13 +15,10 @@ from scipy import ndimage
 from torchvision.transforms.v2 import functional as TF
 
 from alexnet import ModelCard, create_model
-from alexnet.checkpoint import save_checkpoint
 from alexnet.cli import main
 from alexnet.errors import UserError
-from alexnet.features import FeatureExtractor, distances, fc7_model, find_neighbors, nearest
-from alexnet.inference import Classifier, load_classifier
-from alexnet.models import named_layers
-from alexnet.visualize import (
+from alexnet.insight.features import FeatureExtractor, distances, fc7_model, find_neighbors, nearest
+from alexnet.insight.visualize import (
     TRUE_COLOUR,
     activations_figure,
     confused_classes,
@@ -32,6 +29,9 @@ from alexnet.visualize import (
     neighbors_figure,
     predictions_figure,
 )
+from alexnet.models.alexnet import named_layers
+from alexnet.models.checkpoint import save_checkpoint
+from alexnet.runtime.inference import Classifier, load_classifier
 
 CARD = ModelCard(32, 40, model="alexnet_small", classes=("blue", "green", "red"))  # the tiny_data classes
 
@@ -173,7 +173,7 @@ def test_the_true_class_bar_is_red_and_as_long_as_its_probability(tiny_data, tmp
 @pytest.fixture
 def prepared_tiny(tiny_data, tmp_path):
     """tiny_data prepared at the card's resize size (40): its stored pixels are the folder loader's own."""
-    from alexnet.prepare import PrepareOptions, prepare_dataset
+    from alexnet.data.prepare import PrepareOptions, prepare_dataset
 
     prepare_dataset(tiny_data, tmp_path / "prepared", PrepareOptions(size=40), workers=0, quiet=True)
     return tmp_path / "prepared"
@@ -339,7 +339,7 @@ def test_confused_classes_picks_the_classes_of_the_largest_confusions():
 
 
 def test_a_thousand_class_confusion_shows_only_the_most_confused_classes(tmp_path):
-    from alexnet.visualize import plot_confusion
+    from alexnet.insight.visualize import plot_confusion
 
     m = np.diag(np.full(1000, 20))
     m[10, 500], m[600, 10], m[999, 0] = 7, 5, 3
@@ -351,7 +351,7 @@ def test_a_thousand_class_confusion_shows_only_the_most_confused_classes(tmp_pat
 
 
 def test_confusion_figure_on_a_folder(clf, tiny_data, tmp_path):
-    from alexnet.visualize import confusion_figure
+    from alexnet.insight.visualize import confusion_figure
 
     fig = confusion_figure(clf, tiny_data, tmp_path / "m.png", workers=0, precision="fp32")
     assert read_png(tmp_path / "m.png").shape[:2] == (fig.height, fig.width)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import FlagError, InputTooSmall, ModeUnavailable, TrainingDiverged, UserError
-from .registry import list_models
+from .models.registry import list_models
 
 Command = Callable[[argparse.Namespace], int | None]
 
@@ -39,7 +39,7 @@ def _at_least(minimum: int | None, maximum: int | None = None) -> Callable[[str]
 
 
 def _input_size_arg(p: argparse.ArgumentParser, what: str) -> None:
-    from .models import MAX_INPUT_SIZE
+    from .models.alexnet import MAX_INPUT_SIZE
 
     p.add_argument(
         "--input-size", type=_at_least(None, MAX_INPUT_SIZE), default=None, metavar="N",
@@ -63,7 +63,7 @@ def _add_summary(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_summary(args: argparse.Namespace) -> None:
-    from .summary import model_summary
+    from .models.summary import model_summary
 
     table, data = model_summary(args.model, args.num_classes, args.input_size)
     print(json.dumps(data, indent=2) if args.json else table)
@@ -74,7 +74,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     import dataclasses
     import typing
 
-    from .recipes import RECIPES, TrainConfig
+    from .training.recipes import RECIPES, TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -87,7 +87,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "data", nargs="?", metavar="DATA",
         help="image folder, or a prepared dataset (alexnet prepare) (optional with --dataset or --resume)",
     )  # fmt: skip
-    from .datasets import DATASETS
+    from .data.datasets import DATASETS
 
     p.add_argument("--dataset", choices=list(DATASETS), help="a bundled dataset instead of DATA")
     p.add_argument("--recipe", default=None, choices=list(RECIPES), help="preset (default: paper2012)")
@@ -115,9 +115,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .distributed import main_process
-    from .recipes import TrainConfig
-    from .train import fit, resolve_run
+    from .training.distributed import main_process
+    from .training.recipes import TrainConfig
+    from .training.train import fit, resolve_run
 
     overrides = {
         f.name: getattr(args, f.name)
@@ -161,14 +161,14 @@ def _calibration(args: argparse.Namespace, card: object, **kw: object) -> object
     """The ``--calibration`` images, loaded for the model's card (None without the flag)."""
     if not getattr(args, "calibration", None):
         return None
-    from .quantize import load_calibration
+    from .runtime.quantize import load_calibration
 
     return load_calibration(args.calibration, card, **kw)  # type: ignore[arg-type]
 
 
 def _print_mode(command: str, mode: dict) -> None:
     """How the inference mode was chosen, on stderr."""
-    from .inference import mode_lines
+    from .runtime.inference import mode_lines
 
     for line in mode_lines(mode):
         print(f"alexnet {command}: {line}", file=sys.stderr)
@@ -194,7 +194,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .inference import default_eval_dir, describe_evaluation, evaluate_folder, load_classifier, write_eval_csv
+    from .runtime.inference import (
+        default_eval_dir,
+        describe_evaluation,
+        evaluate_folder,
+        load_classifier,
+        write_eval_csv,
+    )
 
     clf = load_classifier(args.checkpoint, device=args.device)
     result = evaluate_folder(
@@ -230,7 +236,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .inference import image_paths, load_classifier, predict_files, prediction_lines
+    from .runtime.inference import image_paths, load_classifier, predict_files, prediction_lines
 
     images = list(args.images)
     source = args.source
@@ -265,7 +271,7 @@ def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
 
 
 def _add_benchmark(sub: argparse._SubParsersAction) -> None:
-    from .modes import INFERENCE_MODES, TRAINING_MODES
+    from .runtime.modes import INFERENCE_MODES, TRAINING_MODES
 
     p = sub.add_parser("benchmark", help="images/s of every fast mode against torchvision's AlexNet, same run")
     _model_arg(p, default="alexnet")
@@ -312,9 +318,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 def _cmd_benchmark(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from .bench import run_benchmark
-    from .bench_report import format_table, update_readme
-    from .device import resolve_device
+    from .bench.benchmark import run_benchmark
+    from .bench.report import format_table, update_readme
+    from .runtime.device import resolve_device
 
     if not args.budget > 0:
         raise UserError(f"--budget must be a positive number of seconds, not {args.budget}")
@@ -346,14 +352,14 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------------------- export
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    from .export import FORMATS
+    from .runtime.export import FORMATS
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX / TorchScript / torch.export, verified")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run folder")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default: %(default)s)")
     p.add_argument("--output", required=True, metavar="PATH", help="the file to write (checked before exporting)")
     _input_size_arg(p, "the traced example; the batch stays dynamic")
-    from .quantize import CALIBRATION_IMAGES, CALIBRATION_METHODS
+    from .runtime.quantize import CALIBRATION_IMAGES, CALIBRATION_METHODS
 
     q = p.add_argument_group("int8 (ONNX only): post-training static quantisation, checked on held-out images")
     q.add_argument("--int8", action="store_true", help="quantise: int8 weights (per channel) and activations")
@@ -381,9 +387,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
-    from .export import ExportVerificationError, describe_export, export_model
     from .files import check_writable
+    from .models.checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
+    from .runtime.export import ExportVerificationError, describe_export, export_model
 
     check_writable(args.output)  # before the checkpoint is read: a wrong --output costs nothing
     int8_flags = args.calibration or args.keep_fp32 or args.weight_bits != 7
@@ -396,7 +402,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     card = checkpoint_card(meta, path)
     try:
         if args.int8:
-            from .quantize import describe_int8_export, export_checkpoint_int8
+            from .runtime.quantize import describe_int8_export, export_checkpoint_int8
 
             report = export_checkpoint_int8(
                 model, card, args.output, calibration=args.calibration, train_data=meta.get("data"),
@@ -414,8 +420,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- visualize
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
-    from .features import METRICS
-    from .visualize import WHATS
+    from .insight.features import METRICS
+    from .insight.visualize import WHATS
 
     p = sub.add_parser(
         "visualize",
@@ -467,9 +473,9 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
-    from . import visualize as viz
     from .files import check_writable
-    from .inference import load_classifier
+    from .insight import visualize as viz
+    from .runtime.inference import load_classifier
 
     source, what, target = viz.parse_request(args.parts)
     out = Path(args.output) / f"{what}.png"
@@ -553,7 +559,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .inference import load_classifier
+    from .runtime.inference import load_classifier
 
     try:
         from .serve import Limits, create_app, is_loopback, run_server
@@ -598,8 +604,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- prepare
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    from .prepare import DEFAULT_ENCODING
-    from .prepared import ENCODINGS, MODES
+    from .data.prepare import DEFAULT_ENCODING
+    from .data.prepared import ENCODINGS, MODES
 
     p = sub.add_parser(
         "prepare",
@@ -648,7 +654,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .prepare import PrepareOptions, describe_result, prepare_dataset
+    from .data.prepare import PrepareOptions, describe_result, prepare_dataset
 
     options = PrepareOptions(args.size, args.mode, args.format, args.quality, args.shard_images)
     result = prepare_dataset(
@@ -696,7 +702,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _error(command: str, error: Exception, status: int) -> int:
     """One line on stderr, from one process: the processes of a torchrun group all meet the same error."""
-    from .distributed import main_process
+    from .training.distributed import main_process
 
     if main_process():
         print(f"alexnet {command}: error: {error}", file=sys.stderr)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import cli
-from .datasets import prepare_digits
+from .data.datasets import prepare_digits
 
 TARGET_TOP1 = 0.98
 

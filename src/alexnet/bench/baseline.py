@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .machine import time_call
+from ..runtime.machine import time_call
 
 __all__ = ["Timer", "median_seconds", "Baseline", "BaselineProcess"]
 
@@ -20,7 +20,7 @@ Timer = Callable[[Callable[[], Any]], float]  # seconds per call of a function o
 
 
 def median_seconds(fn: Callable[[], Any], device: torch.device, **timing: Any) -> float:
-    """The default :data:`Timer`: median seconds of :func:`~alexnet.machine.time_call`."""
+    """The default :data:`Timer`: median seconds of :func:`~alexnet.runtime.machine.time_call`."""
     return statistics.median(time_call(fn, device, **timing))
 
 

@@ -4,7 +4,7 @@ The baseline is torchvision's ``alexnet`` in eager fp32 (``torchvision-eager-fp3
 and batch size. A run has two steps at each phase and batch size. First every candidate mode is
 *screened*: prepared (packed, compiled, exported or quantised; a mode the machine refuses is listed as
 skipped, with the reason) and timed for a few calls, which ranks the modes and fills the timing cache
-``auto`` chooses from (:mod:`alexnet.autotune`). Then the fastest screened mode of each precision (every
+``auto`` chooses from (:mod:`alexnet.runtime.autotune`). Then the fastest screened mode of each precision (every
 screened mode with ``full``) is timed in rounds that alternate with the baseline -- baseline, mode,
 baseline, ..., mode, baseline -- and a round's ratio divides the mean of the two baseline measurements
 either side of it by the mode's, so a busy moment of the machine slows both sides of a ratio or only
@@ -34,13 +34,13 @@ from typing import Any
 
 import torch
 
-from . import autotune
-from . import device as _device
-from .baseline import Baseline, BaselineProcess, Timer, median_seconds
-from .device import emulated_precision_note, tune_cpu_allocator
-from .errors import ModeUnavailable
-from .machine import machine_info, measure_peaks
-from .modes import (
+from ..errors import ModeUnavailable
+from ..models.registry import create_model, get_spec
+from ..runtime import autotune
+from ..runtime import device as _device
+from ..runtime.device import emulated_precision_note, tune_cpu_allocator
+from ..runtime.machine import machine_info, measure_peaks
+from ..runtime.modes import (
     INFERENCE_MODES,
     TRAINING_MODES,
     Mode,
@@ -49,7 +49,7 @@ from .modes import (
     prepare_training,
     training_candidates,
 )
-from .registry import create_model, get_spec
+from .baseline import Baseline, BaselineProcess, Timer, median_seconds
 
 __all__ = [
     "BASELINE",
@@ -384,7 +384,7 @@ def baseline_rows(ctx: Context, shapes: Sequence[tuple[str, int]], tuned_allocat
 
 
 def _mult_adds(name: str, input_size: int) -> int:
-    from .summary import model_summary
+    from ..models.summary import model_summary
 
     return model_summary(name, 1000, input_size)[1]["total_mult_adds"]
 
@@ -458,10 +458,10 @@ def run_benchmark(
 
     ``modes``/``train_modes``: the modes to time (all of them, whatever the budget); default: every mode of
     the device, the fastest screened mode of each precision timed in rounds (``full``: every one), within
-    ``budget_s`` seconds (``full``: no budget). Each round's measurement is :func:`~alexnet.machine.time_call`
+    ``budget_s`` seconds (``full``: no budget). Each round's measurement is :func:`~alexnet.runtime.machine.time_call`
     with ``warmup``, ``repeats``, ``max_seconds`` and ``min_seconds``; ``timer`` replaces it in this
     process and ``screen_timer`` the screening's few calls (the tests pass fake ones). With
-    ``tune_allocator`` (CPU), this process gets :func:`~alexnet.device.tune_cpu_allocator`, the baseline
+    ``tune_allocator`` (CPU), this process gets :func:`~alexnet.runtime.device.tune_cpu_allocator`, the baseline
     runs in a separate default process, and ``torchvision-eager-fp32+malloc`` rows show the baseline with
     the tuning.
     """

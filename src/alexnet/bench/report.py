@@ -1,4 +1,4 @@
-"""The benchmark's result (:func:`~alexnet.bench.run_benchmark`) as a table in the terminal and as the
+"""The benchmark's result (:func:`~alexnet.bench.benchmark.run_benchmark`) as a table in the terminal and as the
 README's block; both read the JSON-ready result, so a kept ``results.json`` can be shown again."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .machine import describe_machine
+from ..runtime.machine import describe_machine
 
 __all__ = ["START", "END", "best_rows", "format_table", "markdown_report", "update_readme", "write_block"]
 
@@ -162,7 +162,7 @@ def write_block(path: str | os.PathLike, start: str, end: str, body: str, *, hea
     """Replace what stands between the ``start`` and ``end`` markers of ``path`` by ``body`` (written
     atomically); without the markers, append a ``heading`` section holding them, or (no heading) leave the
     file alone and return False."""
-    from .files import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     path = Path(path)
     text = path.read_text() if path.exists() else ""

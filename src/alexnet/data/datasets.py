@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import stratified_split
-from .errors import UserError
-from .files import default_cache_dir
+from ..errors import UserError
+from ..files import default_cache_dir
+from .loaders import stratified_split
 
 __all__ = [
     "DATASETS",

@@ -7,7 +7,7 @@ with the package. The devkit (``data/meta.mat``: each synset's ILSVRC2012_ID, WN
 numbers its synsets otherwise (ILSVRC2012_ID 1 is n02119789, kit fox): :func:`read_devkit` maps those IDs to
 wnids through meta.mat, so they are never used as labels. :func:`error_table` lays out a ten-crop evaluation
 as the paper's Table 2, next to the paper's and Caffe's figures. The archives themselves are read by
-:mod:`alexnet.sources`.
+:mod:`alexnet.data.sources`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = [
     "imagenet_words",

@@ -4,9 +4,9 @@ Input is an ImageFolder layout: ``DATA/train/<class>/*`` and ``DATA/val/<class>/
 ``DATA/<class>/*`` folder split by a seeded, stratified ``val_split``. Any image PIL can read is converted
 to RGB. Unreadable files are skipped with a :class:`DataWarning` naming them (at scan time when PIL cannot
 identify them, at load time when decoding fails) and counted; ``strict`` turns them into a
-:class:`~alexnet.registry.UserError`.
+:class:`~alexnet.models.registry.UserError`.
 
-The transforms live in :mod:`alexnet.transforms` and are re-exported here.
+The transforms live in :mod:`alexnet.data.transforms` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS as TORCHVISION_EXTENSIONS
 
-from .errors import UserError
-from .files import atomic_write_bytes
+from ..errors import UserError
+from ..files import atomic_write_bytes
 from .transforms import IMAGENET_PCA, PCA, batch_augment, decode_transform
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
     "make_loader",
     "compute_pca",
     "load_or_compute_pca",
-    # re-exported from alexnet.transforms
+    # re-exported from alexnet.data.transforms
     "PCA",
     "IMAGENET_PCA",
     "decode_transform",

@@ -1,8 +1,8 @@
 """The plan of ``alexnet prepare``: how images are stored (:class:`PrepareOptions`) and which source files go
 into which shard (:class:`ShardTask`, :class:`Plan`), for a folder of class folders (:func:`plan_shards`).
 
-:mod:`alexnet.sources` plans ImageNet's archives, Kaggle's copy and a labelled flat folder into the same
-types; :mod:`alexnet.prepare` converts the shards a plan lists.
+:mod:`alexnet.data.sources` plans ImageNet's archives, Kaggle's copy and a labelled flat folder into the same
+types; :mod:`alexnet.data.prepare` converts the shards a plan lists.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import FlagError, UserError
 from . import prepared
-from .data import _FORMATS, image_files
-from .errors import FlagError, UserError
+from .loaders import _FORMATS, image_files
 
 __all__ = ["DEFAULT_ENCODING", "PrepareOptions", "ShardTask", "Plan", "plan_shards", "scan_folder"]
 

@@ -1,4 +1,4 @@
-"""``alexnet prepare``: convert an image folder into a prepared dataset (:mod:`alexnet.prepared`), once.
+"""``alexnet prepare``: convert an image folder into a prepared dataset (:mod:`alexnet.data.prepared`), once.
 
 Every source image is decoded (this is where files are verified, once), converted to RGB, down-sampled so
 its shorter side is ``size`` (and for ``center-crop`` cut to the central square, as the paper did), and
@@ -31,10 +31,10 @@ import torch
 from torchcodec.encoders import JpegEncoder
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import UserError
+from ..files import TEMP_SUFFIX, atomic_write_bytes
 from . import prepared, sources
-from .data import DECODE_ERRORS, _reason, load_rgb
-from .errors import UserError
-from .files import TEMP_SUFFIX, atomic_write_bytes
+from .loaders import DECODE_ERRORS, _reason, load_rgb
 from .plan import DEFAULT_ENCODING, Plan, PrepareOptions, ShardTask, plan_shards
 
 __all__ = [
@@ -217,7 +217,7 @@ def prepare_dataset(
     """Convert the image folder ``src`` into the prepared dataset ``dst`` (resuming an unfinished one).
 
     ``src`` may also be ImageNet's archives, Kaggle's copy of it, or a flat folder with a ``labels`` CSV
-    (see :mod:`alexnet.sources`; ``devkit``: the ILSVRC-2012 devkit when it is not in ``src``).
+    (see :mod:`alexnet.data.sources`; ``devkit``: the ILSVRC-2012 devkit when it is not in ``src``).
 
     ``workers`` processes convert shards in parallel (default: one per core; 0 converts in this process).
     Unreadable sources are skipped and listed in ``dst/skipped.tsv`` (``strict``: the first one is a

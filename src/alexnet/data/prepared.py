@@ -46,8 +46,8 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchcodec.decoders import decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from .data import Unreadable, stratified_split
-from .errors import UserError
+from ..errors import UserError
+from .loaders import Unreadable, stratified_split
 
 __all__ = [
     "MANIFEST",
@@ -535,7 +535,7 @@ def make_datasets(
     val_split: float | None = None,
     seed: int = 0,
 ) -> tuple[PreparedDataset, PreparedDataset | None, list[str]]:
-    """``(train_ds, val_ds, classes)`` of a prepared dataset, as :func:`alexnet.data.make_datasets` gives for
+    """``(train_ds, val_ds, classes)`` of a prepared dataset, as :func:`alexnet.data.loaders.make_datasets` gives for
     its source folder: the ``train`` and ``val`` splits, or the one split of a folder without them, held out
     by ``val_split`` with the same seeded, stratified split (so the same images)."""
     root = Path(root)
@@ -613,7 +613,7 @@ def collate_encoded(batch: Sequence[tuple[Tensor, int] | Unreadable]) -> Encoded
 @dataclass
 class DeviceDecodeLoader:
     """Wraps a loader of :class:`EncodedBatch` es: decodes each batch's JPEG files in one call on ``device``
-    (nvJPEG on CUDA) and yields :class:`~alexnet.data.Batch` es of uint8 (N, 3, resize, resize) on it."""
+    (nvJPEG on CUDA) and yields :class:`~alexnet.data.loaders.Batch` es of uint8 (N, 3, resize, resize) on it."""
 
     loader: DataLoader
     device: torch.device
@@ -631,7 +631,7 @@ class DeviceDecodeLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        from .data import Batch
+        from .loaders import Batch
 
         for batch in self.loader:
             if batch.error is not None:
@@ -669,9 +669,9 @@ def make_loader(
     device: torch.device | str | None = None,
     **kwargs: Any,
 ) -> DataLoader | DeviceDecodeLoader:
-    """:func:`alexnet.data.make_loader` over a prepared split (uint8 batches, the same :class:`Batch`
+    """:func:`alexnet.data.loaders.make_loader` over a prepared split (uint8 batches, the same :class:`Batch`
     contract); JPEG shards on a CUDA ``device`` are decoded there, a batch at a time."""
-    from .data import make_loader as folder_loader
+    from .loaders import make_loader as folder_loader
 
     if not decodes_on(dataset, device):
         return folder_loader(dataset, batch_size, shuffle=shuffle, workers=workers, **kwargs)

@@ -15,7 +15,7 @@ What :func:`plan_source` recognises in ``SRC`` (by contents, not by name):
   class), for any dataset shipped that way.
 
 Class index i is the i-th class name in sorted order (for ImageNet: 0 = n01440764, tench); the validation
-ground truth, in the devkit's ILSVRC2012_IDs, is mapped to wnids through meta.mat (:mod:`alexnet.imagenet`).
+ground truth, in the devkit's ILSVRC2012_IDs, is mapped to wnids through meta.mat (:mod:`alexnet.data.imagenet`).
 Each source is planned as the same images in class folders (``<split>/<class>/<file>``) would be, in the
 same order, so the shards are byte for byte those a folder gives. Nothing is extracted: members are read
 from the uncompressed tar at their offsets, by the workers that convert them; the inner tars are listed in
@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..errors import UserError
 from . import prepared
-from .data import _is_image_file, image_files
-from .errors import UserError
 from .imagenet import GROUND_TRUTH, META, TAR_SUFFIXES, WNID, Devkit, class_words, read_devkit, read_synset_mapping
+from .loaders import _is_image_file, image_files
 from .plan import Plan, PrepareOptions, ShardTask, scan_folder
 
 __all__ = ["archive_kind", "plan_source"]
@@ -125,7 +125,7 @@ def _is_image(name: str) -> bool:
 
 
 def _walk_key(name: str) -> list[tuple[int, str]]:
-    """The order :func:`alexnet.data.image_files` walks a folder in: a folder's files (sorted) before its
+    """The order :func:`alexnet.data.loaders.image_files` walks a folder in: a folder's files (sorted) before its
     subfolders (sorted)."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
     return [(1, p) for p in parts[:-1]] + [(0, parts[-1])]
@@ -220,7 +220,7 @@ def plan_source(
     workers: int = 0,
     log: Callable[[str], None] = lambda message: None,
 ) -> Plan | None:
-    """The :class:`~alexnet.plan.Plan` of ``src`` if it is ImageNet's archives, Kaggle's copy, or a flat
+    """The :class:`~alexnet.data.plan.Plan` of ``src`` if it is ImageNet's archives, Kaggle's copy, or a flat
     folder given ``labels``; None for a folder of class folders (planned as before)."""
     notes: list[str] = []  # said once the plan stands, so that a failure is the only line
     if labels is not None:

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from . import data
-from .columns import AlexNetColumns, to_grouped
-from .errors import ModeUnavailable, UserError
-from .inference import Classifier, eval_folder
-from .models import AlexNet
+from ..data import loaders
+from ..errors import ModeUnavailable, UserError
+from ..models.alexnet import AlexNet
+from ..models.columns import AlexNetColumns, to_grouped
+from ..runtime.inference import Classifier, eval_folder
 
 __all__ = [
     "fc7_model",
@@ -65,12 +65,12 @@ def fc7_model(model: AlexNet) -> AlexNet:
 class FeatureExtractor:
     """``extractor(images)``: normalised (N, 3, H, W) -> fp32 (N, 4096) fc7 features.
 
-    Runs in ``mode`` (a key of :data:`alexnet.modes.INFERENCE_MODES`); by default the mode the classifier
+    Runs in ``mode`` (a key of :data:`alexnet.runtime.modes.INFERENCE_MODES`); by default the mode the classifier
     runs in, so a reduced precision is used only where the classifier accepted it.
     """
 
     def __init__(self, clf: Classifier, mode: str | None = None, example: Tensor | None = None) -> None:
-        from .modes import prepare_inference
+        from ..runtime.modes import prepare_inference
 
         self.model = fc7_model(torch_model(clf, "fc7 features"))
         self.mode = mode or str(clf.mode.get("mode", "eager-fp32"))
@@ -102,11 +102,11 @@ class FeatureExtractor:
         if images is not None:
             ds: Dataset = Subset(images, [key for key, _ in samples])
         else:
-            ds = data.ImageFolderDataset.from_samples(
+            ds = loaders.ImageFolderDataset.from_samples(
                 samples, ["?"] * (max((t for _, t in samples), default=0) + 1),
-                data.decode_transform(clf.card.resize_size), strict=True,
+                loaders.decode_transform(clf.card.resize_size), strict=True,
             )  # fmt: skip
-        loader = data.make_loader(ds, batch_size, shuffle=False, workers=min(workers, len(samples)), seed=0)
+        loader = loaders.make_loader(ds, batch_size, shuffle=False, workers=min(workers, len(samples)), seed=0)
         out, start, forward_s = [], time.perf_counter(), 0.0
         for batch in loader:
             if batch.error:

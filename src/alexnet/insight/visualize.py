@@ -28,13 +28,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from . import data, prepared
-from .datasets import resolve_dataset
-from .errors import FlagError, UserError
+from ..data import loaders, prepared
+from ..data.datasets import resolve_dataset
+from ..errors import FlagError, UserError
+from ..files import atomic_write_bytes
+from ..models.alexnet import named_layers
+from ..runtime.inference import Classifier, eval_folder
 from .features import Metric, find_neighbors, neighbor_folders, torch_model
-from .files import atomic_write_bytes
-from .inference import Classifier, eval_folder
-from .models import named_layers
 
 __all__ = [
     "Figure",
@@ -176,7 +176,7 @@ def _show(ax: Any, image: Tensor | np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------
 def labelled_samples(folder: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str]]:
     """The readable images of ``folder/<class>/*`` as ``(path, class index)``, and the class names."""
-    ds = data.ImageFolderDataset(folder)
+    ds = loaders.ImageFolderDataset(folder)
     return list(ds.samples), list(ds.classes)
 
 
@@ -464,7 +464,7 @@ def _not_a_number(row: dict[str, Any]) -> str | None:
 
 def curves_figure(run_dir: str | os.PathLike, path: str | os.PathLike) -> Figure:
     """Loss, top-1/top-5 error and learning rate per epoch, training and validation."""
-    from .plots import plot_curves
+    from ..training.plots import plot_curves
 
     folder, rows = run_history(run_dir)
     width, height = plot_curves(rows, path)
@@ -553,7 +553,7 @@ def confusion_figure(
 ) -> Figure:
     """The confusion matrix of ``clf`` on a labelled folder (its test/ or val/ part), as
     :func:`plot_confusion` draws it."""
-    from .inference import evaluate_folder
+    from ..runtime.inference import evaluate_folder
 
     result = evaluate_folder(clf, folder, workers=workers, precision=precision)
     title = f"{clf.card.model} on {result['folder']}: top-1 {result['top1']:.1%}"
@@ -589,8 +589,8 @@ def activations_figure(clf: Classifier, image: str | os.PathLike, path: str | os
     model = torch_model(clf, "activations")
     try:
         decoded = clf.decode(image)
-    except data.DECODE_ERRORS as e:
-        raise UserError(f"cannot read image {image}: {data._reason(e)}") from e
+    except loaders.DECODE_ERRORS as e:
+        raise UserError(f"cannot read image {image}: {loaders._reason(e)}") from e
     maps = conv_activations(model, clf.preprocess(decoded[None])[0])
     fig = _new_figure(18, 12.4)
     axes = fig.subplots(2, 3).ravel()

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputTooSmall
 from .card import IMAGENET_MEAN, ModelCard
-from .errors import InputTooSmall
 
 __all__ = [
     "ArchSpec",

@@ -22,9 +22,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from ..errors import UserError
+from ..files import atomic_write_bytes
 from .card import ModelCard
-from .errors import UserError
-from .files import atomic_write_bytes
 from .registry import create_model
 
 __all__ = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import AlexNet, ArchSpec, LocalResponseNorm, build, check_input, min_input_size, named_layers
+from .alexnet import AlexNet, ArchSpec, LocalResponseNorm, build, check_input, min_input_size, named_layers
 
 __all__ = ["AlexNetColumns", "to_columns", "to_grouped"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import FlagError, UserError
+from .alexnet import ALEXNET2012, ALEXNET_BN, ALEXNET_SMALL, ALEXNET_TORCHVISION, AlexNet, ArchSpec, build
 from .columns import to_columns
-from .errors import FlagError, UserError
-from .models import ALEXNET2012, ALEXNET_BN, ALEXNET_SMALL, ALEXNET_TORCHVISION, AlexNet, ArchSpec, build
 
 __all__ = ["create_model", "list_models", "get_spec", "load_weights_file", "register_model", "MODELS"]
 

@@ -7,8 +7,8 @@ from typing import Any
 from torch import nn
 from torchinfo import summary as torchinfo_summary
 
-from .errors import FlagError
-from .models import min_input_size
+from ..errors import FlagError
+from .alexnet import min_input_size
 from .registry import create_model, get_spec
 
 __all__ = ["model_summary"]

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .errors import ModeUnavailable, UserError
-from .files import atomic_write_bytes, default_cache_dir
+from ..errors import ModeUnavailable, UserError
+from ..files import atomic_write_bytes, default_cache_dir
 
 __all__ = [
     "COSTLY_ENGINES",

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from .errors import FlagError, UserError
+from ..errors import FlagError, UserError
 
 __all__ = [
     "Precision",
@@ -165,7 +165,7 @@ def default_precision(device: torch.device | str) -> Precision:
 
     bf16 where the hardware computes it natively (its range equals fp32's, so training needs no loss
     scaling); fp16 on CUDA GPUs older than Ampere; fp32 everywhere else (emulated bf16 is slower than
-    fp32). Inference additionally checks top-1 agreement (:func:`alexnet.modes.resolve_inference_mode`).
+    fp32). Inference additionally checks top-1 agreement (:func:`alexnet.runtime.modes.resolve_inference_mode`).
     """
     device = torch.device(device)
     if native_bf16(device):

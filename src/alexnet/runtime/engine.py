@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from ..errors import TrainingDiverged, UserError
 from .device import autocast_context as autocast
-from .errors import TrainingDiverged, UserError
 
 __all__ = ["train_one_epoch", "evaluate", "forward_loss", "backward_update", "normalize", "topk_correct", "Meter"]
 
@@ -258,7 +258,7 @@ def evaluate(
     """Top-1/top-5 accuracy, loss, per-class accuracy and the confusion matrix on ``loader``.
 
     ``model``: a module, or any callable from normalised float images to logits (a prepared
-    :class:`~alexnet.modes.Predictor`, an ONNX session). Centre crop by default; ``ten_crop`` averages
+    :class:`~alexnet.runtime.modes.Predictor`, an ONNX session). Centre crop by default; ``ten_crop`` averages
     the softmax of the four corner and centre crops and their mirrors (section 4.1: the paper's
     test-time procedure), and also reports the centre crop alone (``result["center"]``), from the same
     forward passes. Targets outside ``[0, num_classes)`` are an error. With ``reduce`` (the sum over

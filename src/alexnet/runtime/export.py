@@ -25,10 +25,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .card import ModelCard
-from .errors import UserError
-from .files import atomic_write_bytes, check_writable
-from .models import MAX_INPUT_SIZE
+from ..errors import UserError
+from ..files import atomic_write_bytes, check_writable
+from ..models.alexnet import MAX_INPUT_SIZE
+from ..models.card import ModelCard
 
 __all__ = [
     "FORMATS",

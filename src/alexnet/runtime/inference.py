@@ -3,7 +3,7 @@ classify images, evaluate it on a folder the paper's way.
 
 A :class:`Classifier` is a callable from normalised float images to logits plus the data contract it
 was trained with (class names, resize/crop size, mean/std). Torch models run in the fastest
-inference mode accepted on this machine (:func:`alexnet.modes.resolve_inference_mode`: int8, bf16 and
+inference mode accepted on this machine (:func:`alexnet.runtime.modes.resolve_inference_mode`: int8, bf16 and
 oneDNN only if their top-1 agrees with fp32 on the held-out images), unless ``precision="fp32"``.
 An int8 mode calibrates on the images given (``calibration``), else on a few hundred images of the
 checkpoint's training data where that folder still exists, else on the held-out sample itself.
@@ -26,16 +26,16 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from . import data, prepared
-from .card import ModelCard
-from .checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
-from .datasets import resolve_dataset
+from ..data import loaders, prepared
+from ..data.datasets import resolve_dataset
+from ..data.imagenet import class_words, error_table, format_error_table, imagenet_words, is_imagenet
+from ..errors import FlagError, UserError
+from ..files import atomic_write_bytes
+from ..models.card import ModelCard
+from ..models.checkpoint import checkpoint_card, load_checkpoint, resolve_checkpoint_path
+from ..models.registry import create_model, get_spec
 from .engine import evaluate, normalize
-from .errors import FlagError, UserError
 from .export import OnnxModel, is_onnx_file
-from .files import atomic_write_bytes
-from .imagenet import class_words, error_table, format_error_table, imagenet_words, is_imagenet
-from .registry import create_model, get_spec
 
 if TYPE_CHECKING:
     from .quantize import Calibration
@@ -75,11 +75,11 @@ class Classifier:
 
     @functools.cached_property
     def _decode(self) -> Callable[[Any], Tensor]:
-        return data.decode_transform(self.card.resize_size)
+        return loaders.decode_transform(self.card.resize_size)
 
     def decode(self, path: str | os.PathLike) -> Tensor:
         """An image file -> uint8 (3, resize, resize): the paper's down-sampled image (section 2)."""
-        return self._decode(data.load_rgb(path)).as_subclass(Tensor)
+        return self._decode(loaders.load_rgb(path)).as_subclass(Tensor)
 
     def preprocess(self, images_uint8: Tensor) -> Tensor:
         """uint8 (N, 3, resize, resize) -> the normalised centre crop the model takes."""
@@ -175,7 +175,7 @@ def image_paths(args: Sequence[str | os.PathLike]) -> list[Path]:
     for a in args:
         p = Path(a)
         if p.is_dir():
-            found = data.image_files(p)
+            found = loaders.image_files(p)
             if not found:
                 raise UserError(f"no image files in folder {p}")
             out += found
@@ -210,8 +210,8 @@ def predict_files(
         for i in range(start, min(start + chunk, len(paths))):
             try:
                 readable.append((i, clf.decode(paths[i])))
-            except data.DECODE_ERRORS as e:
-                results[i]["error"] = f"cannot read image: {data._reason(e)}"
+            except loaders.DECODE_ERRORS as e:
+                results[i]["error"] = f"cannot read image: {loaders._reason(e)}"
         if not readable:
             continue
         images = clf.preprocess(torch.stack([t for _, t in readable]))
@@ -258,14 +258,14 @@ def evaluate_folder(
     calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """Top-1/top-5 (and their errors), per-class accuracy and the confusion matrix of ``clf`` on a folder
-    (or a prepared dataset: see :mod:`alexnet.prepared`); with ``ten_crop`` on ImageNet's classes, also
-    the paper's error table (``table``: :func:`~alexnet.imagenet.error_table`).
+    (or a prepared dataset: see :mod:`alexnet.data.prepared`); with ``ten_crop`` on ImageNet's classes, also
+    the paper's error table (``table``: :func:`~alexnet.data.imagenet.error_table`).
 
     The folder's class names must be among the classifier's; its targets are mapped by name. With
     ``precision="auto"`` a reduced-precision mode is used only if it agrees with fp32 on the top-1 of
     the first ``heldout`` images (int8 also reports its agreement when asked for explicitly).
     """
-    ds: data.ImageFolderDataset | prepared.PreparedDataset
+    ds: loaders.ImageFolderDataset | prepared.PreparedDataset
     if prepared.is_prepared(resolve_dataset(root)):  # its test, val or only split, read from the shards
         split = prepared.eval_split(resolve_dataset(root))
         folder = resolve_dataset(root) / split
@@ -273,7 +273,7 @@ def evaluate_folder(
     else:
         prepared.refuse_split_folder(resolve_dataset(root))
         folder = eval_folder(root)
-        ds = data.ImageFolderDataset(folder, data.decode_transform(clf.card.resize_size), strict=strict)
+        ds = loaders.ImageFolderDataset(folder, loaders.decode_transform(clf.card.resize_size), strict=strict)
     if len(ds) == 0:  # a score of 0% on nothing would read as a result
         raise UserError(f"{folder} holds no images to evaluate")
     known = clf.card.classes
@@ -289,7 +289,7 @@ def evaluate_folder(
         ds.target_map = np.array([index[c] for c in ds.classes], dtype=np.int64)
     else:
         ds.samples = [(p, index[ds.classes[t]]) for p, t in ds.samples]
-    loader = data.make_loader(ds, batch_size, shuffle=False, workers=workers, seed=0)
+    loader = loaders.make_loader(ds, batch_size, shuffle=False, workers=workers, seed=0)
     sample = []
     if clf.module is not None and precision in ("auto", "int8"):
         sample = [s[0] for s in (ds[i] for i in range(min(heldout, len(ds)))) if s is not None]

@@ -3,7 +3,7 @@
 A *mode* is a way to run the same network: a precision (fp32, bf16, fp16, int8), a memory format, and
 an execution engine (eager PyTorch, torch.autocast, a cast copy, oneDNN with pre-packed weights,
 ``torch.compile``, ONNX Runtime; for int8, a quantised copy calibrated on images:
-:mod:`alexnet.quantize`). :data:`INFERENCE_MODES` and :data:`TRAINING_MODES` are the tables,
+:mod:`alexnet.runtime.quantize`). :data:`INFERENCE_MODES` and :data:`TRAINING_MODES` are the tables,
 :data:`ENGINES` builds a callable for each engine, :func:`prepare_inference` / :func:`prepare_training`
 put the two together. A reduced-precision mode is accepted only if its top-1 predictions agree with
 fp32 on at least 99% of held-out images (:func:`agreement`, :func:`resolve_inference_mode`).
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from ..errors import InputTooSmall, ModeUnavailable, UserError
 from . import device as _device
 from .device import AGREEMENT_THRESHOLD, DTYPES, Precision, autocast_context, sgd_kwargs
 from .engine import backward_update, forward_loss
-from .errors import InputTooSmall, ModeUnavailable, UserError
 
 if TYPE_CHECKING:
     from .autotune import TimingCache
@@ -127,7 +127,7 @@ def _modes_of(precision: str, device: torch.device) -> list[str]:
 
 def inference_mode_for(precision: str, device: torch.device | str) -> str:
     """The mode of a precision tried first on a device when none has been timed there (``auto``: of the
-    precision :func:`~alexnet.device.default_precision` names)."""
+    precision :func:`~alexnet.runtime.device.default_precision` names)."""
     device = torch.device(device)
     if precision == "auto":
         precision = _device.default_precision(device)
@@ -356,7 +356,7 @@ def prepare_inference(
     ``model`` is put in eval mode and otherwise left as it is. ``example_input`` (a typical batch) gives
     the packing hints and the compiled/exported shapes, and is run once to check that the mode works
     here; raises :class:`ModeUnavailable` when it cannot. The int8 modes set their activation ranges on
-    ``calibration`` (:class:`~alexnet.quantize.Calibration`; default: the example input itself, which
+    ``calibration`` (:class:`~alexnet.runtime.quantize.Calibration`; default: the example input itself, which
     is enough to time them but not to trust their predictions).
     """
     if mode not in INFERENCE_MODES:
@@ -458,7 +458,7 @@ def resolve_inference_mode(
     """The predictor ``evaluate``/``predict`` should use for ``--precision`` (auto, fp32, bf16, fp16, int8).
 
     The candidates (:func:`inference_candidates`) are ranked by what they would cost this job on this
-    machine (:func:`alexnet.autotune.rank_modes`: timed on ``example_input``, whose batch size is the job's,
+    machine (:func:`alexnet.runtime.autotune.rank_modes`: timed on ``example_input``, whose batch size is the job's,
     for ``workload`` images; timings cached per machine). Under ``auto`` a reduced-precision mode is kept
     only if its top-1 agrees with fp32 on at least ``threshold`` of ``heldout`` (normalised images; without
     them the mode is taken on the strength of the benchmark's checks); a mode that cannot run here, or
@@ -593,7 +593,7 @@ def _fp32_top1(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> 
 # --------------------------------------------------------------------------------------------
 class TrainStep:
     """One full training step in a mode: forward, cross-entropy, backward, SGD update (the same
-    :func:`~alexnet.engine.forward_loss` / :func:`~alexnet.engine.backward_update` that ``fit`` runs).
+    :func:`~alexnet.runtime.engine.forward_loss` / :func:`~alexnet.runtime.engine.backward_update` that ``fit`` runs).
 
     ``step(images, targets)`` returns the loss (a detached tensor; ``.item()`` waits for the device).
     """
@@ -700,7 +700,7 @@ def resolve_training_mode(
     cache: TimingCache | None = None,
     measure: bool = True,
 ) -> tuple[str, dict[str, Any]]:
-    """The training mode for ``precision`` measured fastest for this run (:func:`alexnet.autotune.rank_modes`:
+    """The training mode for ``precision`` measured fastest for this run (:func:`alexnet.runtime.autotune.rank_modes`:
     a few steps of a copy of ``model`` on random images of ``batch_shape``, weighed over ``steps``; the
     weights, the random generators and the model are left as they were). ``compile_ok=False`` leaves out
     the compiled modes (data-parallel and two-device runs). Returns the mode and a report (mode, reason,

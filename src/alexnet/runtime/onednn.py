@@ -13,8 +13,8 @@ import copy
 import torch
 from torch import nn
 
-from .errors import ModeUnavailable
-from .models import AlexNet, check_input
+from ..errors import ModeUnavailable
+from ..models.alexnet import AlexNet, check_input
 
 __all__ = ["OneDNNAlexNet"]
 
@@ -69,7 +69,7 @@ class _InFloat32(nn.Module):
 
 
 class OneDNNAlexNet(nn.Module):
-    """An eval-only copy of an :class:`~alexnet.models.AlexNet` that runs on oneDNN with pre-packed weights.
+    """An eval-only copy of an :class:`~alexnet.models.alexnet.AlexNet` that runs on oneDNN with pre-packed weights.
 
     Activations are channels-last; normalisation layers run in fp32; dropout (the identity at
     inference) is dropped. Input: fp32 NCHW; output: fp32 logits.

@@ -11,7 +11,7 @@ else (LRN's sum of squares, softmax) stays fp32. Two quantisers apply it, one pe
   lowers to oneDNN's int8 kernels; the ``compile-int8`` inference mode.
 
 :func:`export_int8` writes the quantised ONNX file only after its top-1 agrees with fp32 on held-out
-images (images the calibration did not see) on at least :data:`~alexnet.device.AGREEMENT_THRESHOLD`.
+images (images the calibration did not see) on at least :data:`~alexnet.runtime.device.AGREEMENT_THRESHOLD`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from . import data
-from .card import ModelCard
-from .datasets import resolve_dataset
+from ..data import loaders
+from ..data.datasets import resolve_dataset
+from ..errors import ModeUnavailable, UserError
+from ..files import atomic_write_bytes, check_writable
+from ..models.alexnet import MAX_INPUT_SIZE
+from ..models.card import ModelCard
 from .device import AGREEMENT_THRESHOLD
 from .engine import normalize
-from .errors import ModeUnavailable, UserError
 from .export import QUANTIZATION_KEY, ExportVerificationError, OnnxModel, _onnx_proto
-from .files import atomic_write_bytes, check_writable
-from .models import MAX_INPUT_SIZE
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -111,11 +111,11 @@ def sample_images(
     prepared as the model takes them (down-sampled, centre crop, normalised); files in ``exclude`` are not
     taken. Returns (images, targets, the folder's class names, the files used).
     """
-    ds = data.ImageFolderDataset(folder, data.decode_transform(card.resize_size), verify=False)
+    ds = loaders.ImageFolderDataset(folder, loaders.decode_transform(card.resize_size), verify=False)
     ds.samples = [(p, t) for p, t in ds.samples if str(p) not in exclude]
     images, targets, files = [], [], []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", data.DataWarning)  # an unreadable file is just not picked
+        warnings.simplefilter("ignore", loaders.DataWarning)  # an unreadable file is just not picked
         for i in _round_robin(ds.targets, seed):
             item = ds[i]
             if item is None:
@@ -264,7 +264,7 @@ def _onnx_nodes(proto: Any, model: nn.Module, layers: tuple[str, ...]) -> list[s
     """The ONNX node names of the model's conv/fc layers named in ``layers`` (paper names)."""
     if not layers:
         return []
-    from .models import named_layers
+    from ..models.alexnet import named_layers
 
     ours = [name for name, _ in named_layers(model)]  # type: ignore[arg-type]
     unknown = [n for n in layers if n not in ours]
@@ -335,14 +335,14 @@ def export_int8(
 ) -> dict[str, Any]:
     """Quantise ``model`` (:func:`quantize_onnx`), check it against fp32 on ``heldout`` (images, labels or
     None, description: :func:`heldout_set`) and write it to ``output`` only if its top-1 agrees on at least
-    ``threshold`` of them (default :data:`~alexnet.device.AGREEMENT_THRESHOLD`); returns a report.
+    ``threshold`` of them (default :data:`~alexnet.runtime.device.AGREEMENT_THRESHOLD`); returns a report.
 
     ``weight_bits`` 7 (the default) keeps every weight within +-64: on a CPU without int8 dot products
     (VNNI), ONNX Runtime sums pairs of uint8 x int8 products in 16 bits, and 2 x 255 x 64 = 32,640 cannot
     overflow them where 2 x 255 x 127 can. The file is checked here but may run on any CPU, so the
     agreement measured holds there too; 8 is for files that only run where there is VNNI or AMX.
 
-    Raises :class:`~alexnet.export.ExportVerificationError` (and writes nothing) below the threshold.
+    Raises :class:`~alexnet.runtime.export.ExportVerificationError` (and writes nothing) below the threshold.
     """
     threshold = AGREEMENT_THRESHOLD if threshold is None else threshold
     check_writable(output)

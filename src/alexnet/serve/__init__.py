@@ -1,6 +1,6 @@
 """``alexnet serve``: a web page and a JSON API classifying uploaded images with a trained model.
 
-:func:`create_app` builds the FastAPI app around a :class:`~alexnet.inference.Classifier`;
+:func:`create_app` builds the FastAPI app around a :class:`~alexnet.runtime.inference.Classifier`;
 :func:`run_server` serves it with uvicorn; :class:`Limits` says what an upload may be;
 :func:`~alexnet.serve.loadtest.compare_batching` measures it on loopback.
 """

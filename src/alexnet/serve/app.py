@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..inference import Classifier
+from ..runtime.inference import Classifier
 from .batcher import Batcher
 from .uploads import Limits, UploadError, check_size, decode_upload
 
@@ -57,8 +57,8 @@ def _error(status: int, message: str) -> JSONResponse:
 def make_fast(clf: Classifier, precision: str = "auto", heldout: str | os.PathLike | None = None) -> Classifier:
     """Put ``clf`` in the fastest accepted inference mode. With ``heldout`` (a folder of images like those
     it will serve; up to 256 are read) a reduced precision must agree with fp32 on their top-1."""
-    from .. import data
-    from ..inference import image_paths
+    from ..data import loaders
+    from ..runtime.inference import image_paths
 
     images = None
     if heldout is not None and precision == "auto":
@@ -66,7 +66,7 @@ def make_fast(clf: Classifier, precision: str = "auto", heldout: str | os.PathLi
         for path in image_paths([heldout])[:256]:
             try:
                 decoded.append(clf.decode(path))
-            except data.DECODE_ERRORS:
+            except loaders.DECODE_ERRORS:
                 continue
         images = clf.preprocess(torch.stack(decoded)) if decoded else None
     return clf.fast(images, precision)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from .. import data
-from ..inference import Classifier
+from ..data import loaders
+from ..runtime.inference import Classifier
 
 __all__ = ["Limits", "UploadError", "decode_upload"]
 
@@ -59,18 +59,18 @@ def decode_upload(clf: Classifier, name: str, raw: bytes, limits: Limits) -> tup
 
     Raises :class:`UploadError`: 400 empty, 413 too many bytes or pixels, 415 not an image (only raster
     formats are read), 422 an image that cannot be decoded (truncated or corrupt) or of a shape refused by
-    :func:`alexnet.data.check_shape`.
+    :func:`alexnet.data.loaders.check_shape`.
     """
     check_size(name, len(raw), limits)
     try:
-        with Image.open(io.BytesIO(raw), formats=data.RASTER_FORMATS) as im:  # reads the header only
+        with Image.open(io.BytesIO(raw), formats=loaders.RASTER_FORMATS) as im:  # reads the header only
             width, height = im.size
     except UnidentifiedImageError as e:
         raise UploadError(415, f"{name}: not an image (JPEG, PNG, GIF, TIFF, WebP, BMP, ...)") from e
     except Image.DecompressionBombError as e:
         raise UploadError(413, f"{name}: refused as a decompression bomb ({e})") from e
-    except data.DECODE_ERRORS as e:
-        raise UploadError(422, f"{name}: cannot read the image, truncated or corrupt ({data._reason(e)})") from e
+    except loaders.DECODE_ERRORS as e:
+        raise UploadError(422, f"{name}: cannot read the image, truncated or corrupt ({loaders._reason(e)})") from e
     pixels = width * height
     if pixels > limits.max_pixels:
         raise UploadError(
@@ -79,12 +79,12 @@ def decode_upload(clf: Classifier, name: str, raw: bytes, limits: Limits) -> tup
             "Mpixel (a decompression bomb, or a photo to scale down first)",
         )
     try:
-        data.check_shape(width, height)
-    except data.ImageShapeError as e:
+        loaders.check_shape(width, height)
+    except loaders.ImageShapeError as e:
         raise UploadError(422, f"{name}: {e}") from e
     try:
         return clf.decode(io.BytesIO(raw)), (width, height)
     except Image.DecompressionBombError as e:
         raise UploadError(413, f"{name}: refused as a decompression bomb ({e})") from e
-    except data.DECODE_ERRORS as e:
-        raise UploadError(422, f"{name}: cannot decode the image, truncated or corrupt ({data._reason(e)})") from e
+    except loaders.DECODE_ERRORS as e:
+        raise UploadError(422, f"{name}: cannot decode the image, truncated or corrupt ({loaders._reason(e)})") from e

@@ -28,8 +28,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
-from .device import resolve_device
-from .errors import FlagError, UserError
+from ..errors import FlagError, UserError
+from ..runtime.device import resolve_device
 
 __all__ = [
     "Context",
@@ -206,7 +206,7 @@ def parse_devices(text: str) -> list[torch.device]:
 
 def place_columns(model: nn.Module, devices: list[torch.device]) -> nn.Module:
     """The paper's two-GPU split: column i of ``alexnet2012_columns`` on ``devices[i]``."""
-    from .columns import AlexNetColumns
+    from ..models.columns import AlexNetColumns
 
     if not isinstance(model, AlexNetColumns):
         raise FlagError("--model-parallel splits the paper's two columns: it needs --model alexnet2012 (or _columns)")

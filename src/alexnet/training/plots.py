@@ -19,7 +19,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> tuple[in
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from .files import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     epochs = [h["epoch"] for h in history]
 

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .engine import Meter
+from ..runtime.engine import Meter
 
 __all__ = ["Reporter", "RunWarning"]
 

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import FlagError, UserError
-from .models import MAX_INPUT_SIZE
+from ..errors import FlagError, UserError
+from ..models.alexnet import MAX_INPUT_SIZE
 
 __all__ = ["TrainConfig", "RECIPES", "resolve_config", "config_to_dict", "config_from_dict"]
 
@@ -67,7 +67,7 @@ class TrainConfig:
     )
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
     init: Literal["", "paper", "caffe", "keras", "torch", "kaiming"] = _f(
-        "", "weight init (see alexnet.models.init_weights); '' = the model's own"
+        "", "weight init (see alexnet.models.alexnet.init_weights); '' = the model's own"
     )
     dropout: float = _f(-1.0, "dropout probability of fc6/fc7 (<0 = the model's own, 0.5)")
     resize_size: int = _f(0, "shorter side is resized to this, then centre-cropped square (0 = the model's)")
@@ -296,6 +296,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from .files import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     atomic_write_bytes(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())

@@ -22,9 +22,9 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import save_checkpoint
-from .errors import UserError
-from .files import atomic_write_bytes, check_writable, clean_stale_temp_files
+from ..errors import UserError
+from ..files import atomic_write_bytes, check_writable, clean_stale_temp_files
+from ..models.checkpoint import save_checkpoint
 from .plots import plot_curves
 from .recipes import TrainConfig, save_config
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .health import above_chance
 from .recipes import TrainConfig
 

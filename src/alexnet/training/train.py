@@ -1,9 +1,9 @@
-"""``fit``: a whole training run, from a folder of images to a run folder (see :mod:`alexnet.rundir`).
+"""``fit``: a whole training run, from a folder of images to a run folder (see :mod:`alexnet.training.rundir`).
 
 Split by what each part builds, like torchvision's reference script: :func:`load_data` (datasets,
 loaders, the batch augmentation), :func:`build_model` and :func:`build_optimizer`, then the loop in
-:func:`fit`, which leaves every file to the :class:`~alexnet.rundir.RunWriter` and every learning-rate
-decision to the :class:`~alexnet.schedule.Schedule`.
+:func:`fit`, which leaves every file to the :class:`~alexnet.training.rundir.RunWriter` and every learning-rate
+decision to the :class:`~alexnet.training.schedule.Schedule`.
 """
 
 from __future__ import annotations
@@ -21,23 +21,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import data, distributed, prepared
-from .card import ModelCard
-from .checkpoint import load_training_state, model_state, read_checkpoint, read_metadata
-from .columns import to_columns, to_grouped
-from .datasets import resolve_dataset
-from .device import resolve_precision, sgd_kwargs, tune_cpu_allocator
+from ..data import loaders, prepared
+from ..data.datasets import resolve_dataset
+from ..data.imagenet import class_words
+from ..errors import FlagError, TrainingDiverged, UserError
+from ..models.alexnet import min_input_size
+from ..models.card import ModelCard
+from ..models.checkpoint import load_training_state, model_state, read_checkpoint, read_metadata
+from ..models.columns import to_columns, to_grouped
+from ..models.registry import create_model, get_spec
+from ..runtime.device import resolve_precision, sgd_kwargs, tune_cpu_allocator
+from ..runtime.engine import evaluate, recompute_bn_stats, train_one_epoch
+from ..runtime.modes import TRAINING_MODES, compile_in_place, resolve_training_mode
+from . import distributed
 from .distributed import Context, ShardSampler, parse_devices, place_columns
-from .engine import evaluate, recompute_bn_stats, train_one_epoch
-from .errors import FlagError, TrainingDiverged, UserError
 from .health import chance_warning
-from .imagenet import class_words
-from .models import min_input_size
-from .modes import TRAINING_MODES, compile_in_place, resolve_training_mode
 from .optim import LARS, lars_param_groups
 from .progress import Reporter
 from .recipes import TrainConfig, config_from_dict, config_to_dict, resolve_config
-from .registry import create_model, get_spec
 from .rundir import RunWriter, last_checkpoint
 from .schedule import EpochScore, make_schedule
 
@@ -98,15 +99,15 @@ def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, ctx: Conte
         make_loader = functools.partial(prepared.make_loader, device=ctx.device)
     else:
         prepared.refuse_split_folder(data_root)
-        decode = data.decode_transform(card.resize_size)
+        decode = loaders.decode_transform(card.resize_size)
         scanned = None
         if ctx.is_main:
-            scanned = data.make_datasets(
+            scanned = loaders.make_datasets(
                 data_root, val_split=cfg.val_split or None, seed=cfg.seed, strict=cfg.strict,
                 train_transform=decode, eval_transform=decode,
             )  # fmt: skip
         train_ds, val_ds, classes = ctx.broadcast(scanned)
-        make_loader = data.make_loader
+        make_loader = loaders.make_loader
     if len(classes) < 2:
         raise UserError(
             f"{data_root} has a single class folder ({classes[0]}): a classifier needs at least two classes "
@@ -123,14 +124,14 @@ def load_data(data_root: str | Path, run_dir: Path, cfg: TrainConfig, ctx: Conte
     pca = None
     if cfg.pca_std > 0:
         if cfg.pca == "imagenet":
-            pca = data.IMAGENET_PCA
+            pca = loaders.IMAGENET_PCA
         else:
-            pca = ctx.broadcast(data.load_or_compute_pca(run_dir, train_ds, seed=cfg.seed) if ctx.is_main else None)
+            pca = ctx.broadcast(loaders.load_or_compute_pca(run_dir, train_ds, seed=cfg.seed) if ctx.is_main else None)
         pca = tuple(torch.as_tensor(t, dtype=torch.float32, device=ctx.device) for t in pca)
     mean, std = torch.tensor(card.mean, device=ctx.device), torch.tensor(card.std, device=ctx.device)
 
     def augment(images: torch.Tensor) -> torch.Tensor:
-        return data.batch_augment(
+        return loaders.batch_augment(
             images, crop=card.input_size, flip=cfg.flip, pca=pca, pca_std=cfg.pca_std, mean=mean, std=std
         )
 
@@ -302,9 +303,9 @@ def _fit(
 def choose_mode(
     cfg: TrainConfig, model: nn.Module, ds: TrainData, ctx: Context, saved: dict[str, Any]
 ) -> tuple[str | None, list[str]]:
-    """The training mode (:data:`~alexnet.modes.TRAINING_MODES`) for ``cfg.precision``: the one a resumed run
+    """The training mode (:data:`~alexnet.runtime.modes.TRAINING_MODES`) for ``cfg.precision``: the one a resumed run
     used (so that it continues as it began), else the one measured fastest for this run here
-    (:func:`~alexnet.modes.resolve_training_mode`), chosen by rank 0 for every process. None where the
+    (:func:`~alexnet.runtime.modes.resolve_training_mode`), chosen by rank 0 for every process. None where the
     modes do not apply (the two-device split, devices other than CPU and CUDA): ``precision`` alone. Also
     the lines that say why, for the log."""
     if cfg.model_parallel or ctx.device.type not in ("cpu", "cuda") or saved.get("epoch", 0) >= cfg.epochs:
@@ -327,7 +328,7 @@ def choose_mode(
 
 
 def _recompute_bn(model: nn.Module, ds: TrainData, cfg: TrainConfig, ctx: Context, precision: str) -> None:
-    """BatchNorm statistics of the current weights (see :func:`~alexnet.engine.recompute_bn_stats`), averaged
+    """BatchNorm statistics of the current weights (see :func:`~alexnet.runtime.engine.recompute_bn_stats`), averaged
     over the processes' shards so that every process validates, and rank 0 saves, the same ones."""
     module = _unwrapped(model)
     recompute_bn_stats(
