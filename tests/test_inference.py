@@ -118,3 +118,25 @@ def test_the_logged_learning_rates_follow_the_step_formula(tiny_data, tmp_path):
                      step_size=2, step_gamma=0.5, lr=0.04)  # fmt: skip
     result = fit(tiny_data, tmp_path / "run", resolve_config("small", overrides=overrides), quiet=True)
     assert [h["lr"] for h in result["history"]] == pytest.approx([0.04 * 0.5 ** (e // 2) for e in range(5)])
+
+
+def test_mode_lines_say_why_the_mode_and_what_was_passed_over_and_prediction_lines_skip_unreadable_files():
+    from alexnet.runtime.inference import mode_lines, prediction_lines
+
+    mode = {
+        "mode": "onnxruntime-int8", "reason": "measured fastest", "fallback_reason": "bf16 is emulated here",
+        "agreement": 0.995, "calibration": {"calibration_method": "minmax", "calibration_source": "data/train"},
+    }  # fmt: skip
+    assert mode_lines(mode) == [
+        "mode measured fastest",
+        "passed over: bf16 is emulated here",
+        "onnxruntime-int8 agrees with fp32 on 99.5% of held-out images",
+        "int8 calibrated (minmax) on data/train",
+    ]
+    assert mode_lines({"mode": "eager-fp32"}) == []
+    results = [
+        {"file": "a.jpg", "top": [{"class": "n01440764", "words": "tench", "probability": 0.5}]},
+        {"file": "b.jpg", "error": "cannot read image"},
+        {"file": "c.jpg", "top": [{"class": "cat", "probability": 0.25}]},
+    ]
+    assert prediction_lines(results) == ["a.jpg", "   50.00%  tench (n01440764)", "c.jpg", "   25.00%  cat"]

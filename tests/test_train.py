@@ -447,3 +447,20 @@ def test_the_time_estimate_is_told_once_after_the_first_steps(monkeypatch, capsy
             on_step(meter, 1.0)
     lines = [s for s in capsys.readouterr().err.splitlines() if s.startswith("about")]
     assert len(lines) == 1 and "per training epoch" in lines[0] and "for the 90 epochs to go" in lines[0]
+
+
+def test_resolve_run_takes_a_folder_or_a_bundled_dataset_and_refuses_what_a_resumed_run_cannot_change(tmp_path):
+    from alexnet.errors import FlagError
+    from alexnet.training.train import resolve_run
+
+    source, cfg, run_dir = resolve_run(str(tmp_path), recipe="small", overrides={"epochs": 3}, output=tmp_path / "r")
+    assert (source, cfg.recipe, cfg.epochs, run_dir) == (str(tmp_path), "small", 3, tmp_path / "r")
+    assert resolve_run(str(tmp_path))[2].parent == Path("runs")  # runs/<model>-<time> by default
+    with pytest.raises(FlagError, match="not both"):
+        resolve_run(str(tmp_path), dataset="digits")
+    with pytest.raises(FlagError, match="give a data folder"):
+        resolve_run()
+    with pytest.raises(FlagError, match="leave out --output"):
+        resolve_run(resume=tmp_path / "a", output=tmp_path / "b")
+    with pytest.raises(FlagError, match="keeps its recipe"):
+        resolve_run(resume=tmp_path / "a", recipe="small")

@@ -420,3 +420,21 @@ def test_load_classifier_reads_the_checkpoint_the_figures_use(checkpoint, small)
     cut = fc7_model(clf.module)
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(cut(x), hand_fc7(small, x))
+
+
+def test_parse_request_splits_checkpoint_figure_and_data_and_says_what_is_missing():
+    from alexnet.errors import FlagError
+    from alexnet.insight.visualize import parse_request
+
+    assert parse_request(["run/best.safetensors", "neighbors", "data"]) == ("run/best.safetensors", "neighbors", "data")
+    assert parse_request(["filters"]) == (None, "filters", None)
+    assert parse_request(["run", "curves"]) == ("run", "curves", None)
+    for parts, message in [
+        (["ckpt", "pictures"], "say what to draw"),
+        (["ckpt", "predictions"], "needs DATA"),
+        (["ckpt", "activations"], "needs IMAGE"),
+        (["ckpt", "filters", "data"], "takes no DATA"),
+        (["ckpt", "confusion", "a", "b"], "at most one DATA"),
+    ]:
+        with pytest.raises(FlagError, match=message):
+            parse_request(parts)
