@@ -367,6 +367,21 @@ def test_changed_or_zeroed_data_are_found_by_the_checksum_when_their_shard_is_fi
     assert str(info.value).startswith(f"shard {shard} is damaged") and "\n" not in str(info.value)
 
 
+def test_the_pca_sample_leaves_the_checksums_to_the_first_read_by_training(numbered, tmp_path):
+    """A thousand images of ImageNet's training set touch most of its shards: the PCA's sample reads only its
+    images, unchecked, and a damaged shard it read is still found by the first read after it."""
+    from alexnet.data.loaders import load_or_compute_pca
+
+    shard = numbered / prepared.ALL / "00001.shard"  # items 5-9
+    _patch(shard, int.from_bytes(shard.read_bytes()[16:24], "little") + 100, b"\x01")
+    ds = PreparedDataset(numbered, prepared.ALL)
+    load_or_compute_pca(tmp_path / "run", ds, n_samples=36)  # every image, the damaged shard's included
+    assert (tmp_path / "run" / "pca.json").exists() and not ds._checked.any()
+    assert ds[4][1] == ds.targets[4] and ds._checked[0]  # shard 0: checked now, and intact
+    with pytest.raises(UserError, match=rf"^shard {shard} is damaged"):
+        ds[5]
+
+
 def test_the_checksum_is_checked_on_a_file_system_without_locks(numbered, monkeypatch):
     import errno
 

@@ -11,6 +11,7 @@ The transforms live in :mod:`alexnet.data.transforms` and are re-exported here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -538,7 +539,10 @@ def load_or_compute_pca(run_dir: str | os.PathLike, train_ds: Dataset, *, n_samp
             return PCA(torch.tensor(saved["eigval"]), torch.tensor(saved["eigvec"]))
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot read {path} ({_reason(e)}); delete it to recompute") from e
-    pca = compute_pca(train_ds, n_samples=n_samples, seed=seed, as_served=True)
+    # A prepared dataset checks each shard on its first read; a thousand images would touch most shards.
+    deferred = getattr(train_ds, "checksums_deferred", contextlib.nullcontext)
+    with deferred():
+        pca = compute_pca(train_ds, n_samples=n_samples, seed=seed, as_served=True)
     record = {
         "eigval": pca.eigval.tolist(),
         "eigvec": pca.eigvec.tolist(),

@@ -415,6 +415,8 @@ class PreparedDataset(Dataset):
         # Which shards' data matched their CRC-32, in shared memory: each shard is checked once, not again by
         # each loader worker (forked anew every epoch) nor by each subset.
         self._checked = torch.zeros(len(self.shard_files), dtype=torch.bool).share_memory_()
+        self._confirmed: set[int] = set()  # the shards this process has seen checked (a read's fast path)
+        self._deferred = False
         if self.resize != self.size:
             warnings.warn(
                 f"{self.root} was prepared at {self.size} px and is read at {self.resize} px: every image is "
@@ -439,17 +441,18 @@ class PreparedDataset(Dataset):
         sub.__dict__.update(self.__dict__)
         for name in ("_shard", "_local", "_offset", "_nbytes", "_height", "_width", "_label"):
             setattr(sub, name, getattr(self, name)[idx])
-        sub._maps, sub._pid = {}, os.getpid()
+        sub._maps, sub._pid, sub._confirmed, sub._deferred = {}, os.getpid(), set(), False
         return sub
 
     # ---- reading
     def _map(self, k: int) -> np.ndarray:
         if self._pid != os.getpid():  # a forked DataLoader worker opens its own maps
-            self._maps, self._pid = {}, os.getpid()
+            self._maps, self._pid, self._confirmed = {}, os.getpid(), set()
         m = self._maps.get(k)
         if m is None:
             # Copy-on-write: writable for torch.from_numpy without a warning, never written, never copied.
-            m = np.memmap(self.shard_files[k], dtype=np.uint8, mode="c")
+            m = self._maps[k] = np.memmap(self.shard_files[k], dtype=np.uint8, mode="c")
+        if k not in self._confirmed and not self._deferred:
             if not self._checked[k]:
                 with open(self.shard_files[k], "rb") as f:
                     # One process checks a shard; the others wait for its verdict. A file system without locks
@@ -458,8 +461,18 @@ class PreparedDataset(Dataset):
                         fcntl.flock(f, fcntl.LOCK_EX)
                     if not self._checked[k]:
                         self.check(k, m)
-            self._maps[k] = m
+            self._confirmed.add(k)
         return m
+
+    @contextlib.contextmanager
+    def checksums_deferred(self) -> Iterator[None]:
+        """Reads inside leave each shard's CRC check to its first read outside: a sample of a thousand images
+        (the PCA's) from a large dataset touches most of its shards, and would otherwise read all of them."""
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
 
     def check(self, k: int, m: np.ndarray | None = None) -> None:
         """Raise :class:`DamagedShard` unless shard ``k``'s data match the manifest's CRC-32 (the first read of
