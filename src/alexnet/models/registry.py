@@ -114,9 +114,3 @@ def _torchvision_state_dict() -> dict[str, torch.Tensor]:
 
     return AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
 
-
-def imagenet_categories() -> list[str]:
-    """ImageNet's 1000 class names, as torchvision ships them (no download)."""
-    from torchvision.models import AlexNet_Weights
-
-    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
