@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "FlagError", "InputTooSmall", "TrainingDiverged", "ModeUnavailable"]
+__all__ = ["UserError", "FlagError", "InputTooSmall", "TrainingDiverged", "ModeUnavailable", "first_line"]
 
 
 class UserError(Exception):
@@ -24,3 +24,9 @@ class TrainingDiverged(RuntimeError):
 
 class ModeUnavailable(RuntimeError):
     """A fast mode cannot run here (wrong device, missing compiler or package); the reason is the message."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an error's message (the runtimes' errors run over many), else its type."""
+    line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return line[:limit]

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModeUnavailable
+from ..errors import ModeUnavailable, first_line
 from ..models.registry import create_model, get_spec
 from ..runtime import autotune
 from ..runtime import device as _device
@@ -261,13 +261,13 @@ def screen(
     go to the cache ``auto`` reads. ``named``: the modes were asked for, so they are timed whatever the
     precision or the budget; else a costly mode is screened only if it and the rounds that follow fit
     before ``deadline`` (a ``time.perf_counter()`` value)."""
-    table = INFERENCE_MODES if phase == "inference" else TRAINING_MODES
+    table = _table(phase)
     size = get_spec(model).card.input_size
     x = torch.randn(batch, 3, size, size, device=ctx.device)
     y = torch.randint(0, 1000, (batch,), device=ctx.device)
-    net = create_model(model, 1000).to(ctx.device).eval() if phase == "inference" else None
+    net = create_model(model, 1000).to(ctx.device).eval()  # inference runs it; training steps build their own
     machine = autotune.machine_key(ctx.device)
-    shape = autotune.shape_key(net if net is not None else create_model(model, 1000), phase, tuple(x.shape))
+    shape = autotune.shape_key(net, phase, tuple(x.shape))
     cache = cache if cache is not None else autotune.TimingCache()
     timer = ctx.screen_timer or ctx.timer
     screened: list[Screened] = []
@@ -291,7 +291,7 @@ def screen(
         start = time.perf_counter()
         try:
             if phase == "inference":
-                predictor = prepare_inference(net, mode, x, ctx.device)  # type: ignore[arg-type]
+                predictor = prepare_inference(net, mode, x, ctx.device)
                 call: Callable[[], Any] = functools.partial(predictor, x)
             else:
                 step = prepare_training(create_model(model, 1000), mode, device=ctx.device)
@@ -338,9 +338,8 @@ def measure_shape(
         try:
             rows.append(ctx.against_baseline(s.call, model, s.mode, phase, batch, s.precision, s.setup_s))
         except (RuntimeError, MemoryError) as e:  # a mode that ran once and then failed is a row, not the end
-            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            skipped.append(ctx.skip(model, s.mode, phase, batch, f"failed while timed: {first[:300]}"))
-    table = INFERENCE_MODES if phase == "inference" else TRAINING_MODES
+            skipped.append(ctx.skip(model, s.mode, phase, batch, f"failed while timed: {first_line(e)}"))
+    table = _table(phase)
     auto_modes = (
         inference_candidates("auto", ctx.device) if phase == "inference" else training_candidates("auto", ctx.device)
     )

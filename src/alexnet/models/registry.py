@@ -113,4 +113,3 @@ def _torchvision_state_dict() -> dict[str, torch.Tensor]:
     from torchvision.models import AlexNet_Weights
 
     return AlexNet_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
-

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from ..errors import InputTooSmall, ModeUnavailable, UserError
+from ..errors import InputTooSmall, ModeUnavailable, UserError, first_line
 from . import device as _device
 from .device import AGREEMENT_THRESHOLD, DTYPES, Precision, autocast_context, sgd_kwargs
 from .engine import backward_update, forward_loss
@@ -390,8 +390,7 @@ def _refusals_as_unavailable(mode: str) -> Iterator[None]:
     except (ModeUnavailable, UserError, InputTooSmall):
         raise
     except Exception as e:  # noqa: BLE001 - the runtimes raise their own types; each means "not here"
-        first = next((line for line in str(e).splitlines() if line.strip()), "")
-        raise ModeUnavailable(f"{mode} cannot run on this machine: {type(e).__name__}: {first[:300]}") from e
+        raise ModeUnavailable(f"{mode} cannot run on this machine: {type(e).__name__}: {first_line(e)}") from e
 
 
 def _batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -667,8 +666,7 @@ def compile_in_place(model: nn.Module) -> None:
             return compiled(*args, **kwargs)
         except torch._dynamo.exc.BackendCompilerFailed as e:
             model._compiled_call_impl = None
-            first = next((line for line in str(e).splitlines() if line.strip()), "")
-            warnings.warn(f"torch.compile failed, training eagerly instead: {first[:300]}", RuntimeWarning, 2)
+            warnings.warn(f"torch.compile failed, training eagerly instead: {first_line(e)}", RuntimeWarning, 2)
             return model._call_impl(*args, **kwargs)
 
     model._compiled_call_impl = call
